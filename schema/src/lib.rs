@@ -54,7 +54,10 @@ pub fn parse(
         Ok(project) if problems.is_empty() => Ok(project),
         Ok(_) => Err(Invalid::new(problems, team, local)),
         Err(more) => {
-            problems.extend(more);
+            // "Nothing to do" after a broken [[intercept]] is only an echo.
+            let echo = |p: &problem::Problem| matches!(p.kind, problem::ProblemKind::NothingToDo);
+            let reader_found_some = !problems.is_empty();
+            problems.extend(more.into_iter().filter(|p| !(reader_found_some && echo(p))));
             Err(Invalid::new(problems, team, local))
         }
     }

@@ -105,6 +105,7 @@ impl Merge for RawIntercept {
     fn merge(&mut self, over: Self) {
         self.name.merge(over.name);
         self.workload.merge(over.workload);
+        self.rejected.extend(over.rejected);
         self.kind.merge(over.kind);
         self.namespace.merge(over.namespace);
         self.port.merge(over.port);
@@ -121,6 +122,7 @@ impl Merge for RawProcess {
         self.name.merge(over.name);
         self.command.merge(over.command);
         self.workdir.merge(over.workdir);
+        self.rejected.extend(over.rejected);
         self.env_from.merge(over.env_from);
         merge_map(&mut self.env, over.env);
         self.watch.merge(over.watch);

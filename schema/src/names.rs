@@ -25,6 +25,9 @@ pub fn dns_subdomain_problem(name: &str) -> Option<&'static str> {
 
 /// Why `name` is not an IANA service port name (`http`, `grpc-web`), or `None`.
 pub fn port_name_problem(name: &str) -> Option<&'static str> {
+    if let Some(problem) = label_chars_problem(name) {
+        return Some(problem);
+    }
     if name.len() > 15 {
         return Some("a port name has at most 15 characters");
     }
@@ -34,7 +37,7 @@ pub fn port_name_problem(name: &str) -> Option<&'static str> {
     if name.contains("--") {
         return Some("a port name cannot contain \"--\"");
     }
-    label_chars_problem(name)
+    None
 }
 
 fn label_chars_problem(label: &str) -> Option<&'static str> {

@@ -101,6 +101,10 @@ pub struct RawIntercept {
     #[serde(skip)]
     #[schemars(skip)]
     pub span: Span,
+    /// Required keys present but invalid, or misspelt: not reported missing.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub rejected: Vec<&'static str>,
     /// Intercept name. Default: the workload name, or `<workload>-<namespace>` when `namespace` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Str,
@@ -177,6 +181,10 @@ pub struct RawProcess {
     #[serde(skip)]
     #[schemars(skip)]
     pub span: Span,
+    /// Required keys present but invalid, or misspelt: not reported missing.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub rejected: Vec<&'static str>,
     /// Process name, unique in the file. Default: `env_from`, else "main".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Str,

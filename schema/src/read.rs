@@ -102,8 +102,9 @@ fn quantities(r: &mut Reader, t: &mut Table) -> RawQuantities {
 }
 
 fn intercept(r: &mut Reader, t: &mut Table, span: Span) -> RawIntercept {
-    RawIntercept {
+    let mut i = RawIntercept {
         span,
+        rejected: Vec::new(),
         name: r.opt_str(t, "name"),
         workload: r.opt_str(t, "workload"),
         kind: t.take("kind").and_then(|v| r.choice(v, "kind")),
@@ -120,7 +121,12 @@ fn intercept(r: &mut Reader, t: &mut Table, span: Span) -> RawIntercept {
         env: t
             .take("env")
             .and_then(|v| r.table(v, "env", "[intercept.env]", env)),
-    }
+    };
+    i.rejected = t.rejected([
+        ("workload", i.workload.is_none()),
+        ("port", i.port.is_none()),
+    ]);
+    i
 }
 
 fn http(r: &mut Reader, t: &mut Table) -> RawHttp {
@@ -141,8 +147,9 @@ fn env(r: &mut Reader, t: &mut Table) -> RawEnv {
 }
 
 fn process(r: &mut Reader, t: &mut Table, span: Span) -> RawProcess {
-    RawProcess {
+    let mut p = RawProcess {
         span,
+        rejected: Vec::new(),
         name: r.opt_str(t, "name"),
         command: t.take("command").and_then(|v| r.command(v)),
         workdir: r.opt_str(t, "workdir"),
@@ -160,7 +167,9 @@ fn process(r: &mut Reader, t: &mut Table, span: Span) -> RawProcess {
             .take("stop_timeout_s")
             .and_then(|v| r.int(v, "stop_timeout_s", 0, 3600)),
         on_exit: t.take("on_exit").and_then(|v| r.choice(v, "on_exit")),
-    }
+    };
+    p.rejected = t.rejected([("command", p.command.is_none())]);
+    p
 }
 
 /// The keys of one TOML table; remembers which were asked for, so that the
@@ -178,6 +187,22 @@ impl<'a, 'i> Table<'a, 'i> {
             map,
             asked: Vec::new(),
         }
+    }
+
+    /// Required keys that are present but were not read (a problem was
+    /// reported), or that an unknown key probably meant: no need to also
+    /// report them missing.
+    fn rejected<const N: usize>(&self, keys: [(&'static str, bool); N]) -> Vec<&'static str> {
+        let meant = |key: &str| {
+            self.map.iter().any(|(k, _)| {
+                let k = k.get_ref().as_ref();
+                !self.asked.contains(&k) && closest(k, [key]).is_some()
+            })
+        };
+        keys.into_iter()
+            .filter(|(key, unread)| *unread && (self.map.get(*key).is_some() || meant(key)))
+            .map(|(key, _)| key)
+            .collect()
     }
 
     fn take(&mut self, key: &'static str) -> Option<&'a Value<'i>> {

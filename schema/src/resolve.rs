@@ -34,9 +34,6 @@ pub fn resolve(raw: RawFile, root: &Path) -> Result<Project, Vec<Problem>> {
         }
         _ => FORMAT_VERSION,
     };
-    if raw.intercept.is_empty() && raw.process.is_empty() {
-        r.push(ProblemKind::NothingToDo, &Span::new(FileId::Team, 0..0));
-    }
     let cluster = raw.cluster.unwrap_or_default();
     let cluster = Cluster {
         context: r.non_empty(cluster.context, "context"),
@@ -54,11 +51,14 @@ pub fn resolve(raw: RawFile, root: &Path) -> Result<Project, Vec<Problem>> {
     } else {
         None
     };
-    let processes = raw
+    let processes: Vec<Process> = raw
         .process
         .into_iter()
         .filter_map(|p| r.process(p, &names, only.as_deref(), root))
         .collect();
+    if intercepts.is_empty() && processes.is_empty() && r.problems.is_empty() {
+        r.push(ProblemKind::NothingToDo, &Span::new(FileId::Team, 0..0));
+    }
     if r.problems.is_empty() {
         Ok(Project {
             format_version,
@@ -254,10 +254,10 @@ impl Resolver {
             Some(n) => format!("intercept `{n}`"),
             None => "[[intercept]]".to_owned(),
         };
-        if i.workload.is_none() {
+        if i.workload.is_none() && !i.rejected.contains(&"workload") {
             self.missing("workload", table.clone(), "workload = \"orders\"", &i.span);
         }
-        if i.port.is_none() {
+        if i.port.is_none() && !i.rejected.contains(&"port") {
             self.missing(
                 "port",
                 table.clone(),
@@ -400,6 +400,7 @@ impl Resolver {
     ) -> Option<Process> {
         let name = process_name(&p);
         let command = match p.command {
+            None if p.rejected.contains(&"command") => None,
             None => {
                 self.missing(
                     "command",
