@@ -8,6 +8,7 @@
 //! [`diagnostic`] (problems → miette diagnostics).
 
 pub mod choice;
+mod crosscheck;
 pub mod diagnostic;
 pub mod merge;
 pub mod names;

@@ -1,10 +1,11 @@
 //! [`RawFile`] → [`Project`]: defaults, computed names, and the checks that
 //! need the whole file (duplicates, collisions, references).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 
 use crate::choice::{EnvFormat, MechanismKind, OnExit, PullPolicy, StopSignal};
+use crate::crosscheck;
 use crate::merge::{process_name, raw_intercept_name};
 use crate::names::{dns_label_problem, dns_subdomain_problem};
 use crate::problem::{Problem, ProblemKind};
@@ -18,9 +19,9 @@ use crate::suggest::closest;
 /// Resolves a merged file; `root` is the directory of the team file.
 pub fn resolve(raw: RawFile, root: &Path) -> Result<Project, Vec<Problem>> {
     let mut r = Resolver {
-        problems: check_intercepts(&raw.intercept),
+        problems: crosscheck::check_intercepts(&raw.intercept),
     };
-    r.problems.extend(check_processes(&raw.process));
+    r.problems.extend(crosscheck::check_processes(&raw.process));
     let format_version = match raw.format_version {
         Some(v) if v.value != i64::from(FORMAT_VERSION) => {
             r.push(
@@ -71,70 +72,6 @@ pub fn resolve(raw: RawFile, root: &Path) -> Result<Project, Vec<Problem>> {
     } else {
         Err(r.problems)
     }
-}
-
-/// The checks across intercepts: names, local ports, to_pod ports.
-fn check_intercepts(raw: &[RawIntercept]) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let mut names: HashMap<String, Span> = HashMap::new();
-    let mut local: HashMap<u16, (Span, String)> = HashMap::new();
-    for i in raw {
-        let Some(name) = raw_intercept_name(i) else {
-            continue;
-        };
-        let at = i
-            .name
-            .as_ref()
-            .or(i.workload.as_ref())
-            .map_or(i.span.clone(), |s| s.span.clone());
-        if let Some(first) = names.get(&name) {
-            let kind = ProblemKind::DuplicateInterceptName { name: name.clone() };
-            problems.push(Problem::new(kind, at).with_related(first.clone(), "first named here"));
-        } else {
-            names.insert(name.clone(), at);
-        }
-        for port in i.port.iter().flat_map(|p| &p.value) {
-            let p = port.value.local;
-            if let Some((first, _)) = local.get(&p) {
-                let kind = ProblemKind::DuplicateLocalPort { port: p };
-                problems.push(
-                    Problem::new(kind, port.span.clone())
-                        .with_related(first.clone(), "first used here"),
-                );
-            } else {
-                local.insert(p, (port.span.clone(), name.clone()));
-            }
-        }
-    }
-    let mut to_pod: HashMap<u16, (Span, String)> = HashMap::new();
-    for i in raw {
-        let name = raw_intercept_name(i).unwrap_or_default();
-        for port in i.to_pod.iter().flat_map(|p| &p.value) {
-            let p = port.value;
-            let clash = local
-                .get(&p)
-                .map(|(s, n)| {
-                    (
-                        s,
-                        format!("the local port of intercept `{n}`"),
-                        "local port",
-                    )
-                })
-                .or_else(|| {
-                    to_pod
-                        .get(&p)
-                        .map(|(s, n)| (s, format!("to_pod of intercept `{n}`"), "forwarded here"))
-                });
-            if let Some((first, other, label)) = clash {
-                let kind = ProblemKind::ToPodCollision { port: p, other };
-                problems
-                    .push(Problem::new(kind, port.span.clone()).with_related(first.clone(), label));
-            } else {
-                to_pod.insert(p, (port.span.clone(), name.clone()));
-            }
-        }
-    }
-    problems
 }
 
 struct Resolver {
@@ -372,7 +309,7 @@ impl Resolver {
                 );
                 return None;
             }
-            Some(root.join(&f.value))
+            Some(under(root, &f.value))
         });
         let format = match (e.format, &file) {
             (Some(f), _) => f.value,
@@ -457,10 +394,10 @@ impl Resolver {
             }
             env.insert(k.value, v.value);
         }
-        let workdir = root.join(p.workdir.map_or_else(String::new, |w| w.value));
+        let workdir = under(root, &p.workdir.map_or_else(String::new, |w| w.value));
         let watch = match p.watch {
             Some(w) if !w.value.is_empty() => {
-                w.value.into_iter().map(|w| root.join(w.value)).collect()
+                w.value.into_iter().map(|w| under(root, &w.value)).collect()
             }
             _ => vec![workdir.clone()],
         };
@@ -483,6 +420,14 @@ impl Resolver {
     }
 }
 
+/// `path` relative to `root` (unless absolute), without `.` components.
+fn under(root: &Path, path: &str) -> PathBuf {
+    root.join(path)
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
 /// Where to point at `[intercept.http]`: its first key's value.
 fn http_span(h: &RawHttp) -> Option<Span> {
     h.headers
@@ -490,21 +435,4 @@ fn http_span(h: &RawHttp) -> Option<Span> {
         .map(|m| m.span.clone())
         .or_else(|| h.path_prefix.as_ref().map(|p| p.span.clone()))
         .or_else(|| h.id_header.as_ref().map(|b| b.span.clone()))
-}
-
-/// The checks across processes: duplicate names.
-fn check_processes(raw: &[RawProcess]) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let mut seen: HashMap<String, Span> = HashMap::new();
-    for p in raw {
-        let name = process_name(p);
-        let at = p.name.as_ref().map_or(p.span.clone(), |n| n.span.clone());
-        if let Some(first) = seen.get(&name) {
-            let kind = ProblemKind::DuplicateProcessName { name };
-            problems.push(Problem::new(kind, at).with_related(first.clone(), "first named here"));
-        } else {
-            seen.insert(name, at);
-        }
-    }
-    problems
 }
