@@ -8,7 +8,19 @@ where
     let word = word.to_ascii_lowercase();
     candidates
         .into_iter()
-        .map(|c| (edit_distance(&word, &c.to_ascii_lowercase()), c))
+        .map(|c| {
+            let lower = c.to_ascii_lowercase();
+            // A clipped name (`TERM` for SIGTERM) is as good as one typo.
+            let clipped = word.len() >= 3 && lower.contains(&word);
+            (
+                if clipped {
+                    1
+                } else {
+                    edit_distance(&word, &lower)
+                },
+                c,
+            )
+        })
         .filter(|(d, c)| *d <= (c.chars().count().max(word.chars().count()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -23,9 +35,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in rows.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        rows[0][j] = j;
-    }
+    rows[0] = (0..=b.len()).collect();
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
@@ -53,5 +63,10 @@ mod tests {
         assert_eq!(closest("topod", keys), Some("to_pod"));
         assert_eq!(closest("zzzzzz", keys), None);
         assert_eq!(closest("HTTP", ["tcp", "http"]), Some("http"));
+        assert_eq!(closest("TERM", ["SIGINT", "SIGTERM"]), Some("SIGTERM"));
+        assert_eq!(
+            closest("Deploy", ["Deployment", "StatefulSet"]),
+            Some("Deployment")
+        );
     }
 }
