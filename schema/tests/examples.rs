@@ -91,3 +91,111 @@ fn every_example_starts_with_a_schema_line_that_resolves() {
         );
     }
 }
+
+/// Key paths of a TOML/JSON document, descending only into tables that the
+/// schema describes key by key (not into free-form maps like `env`).
+fn key_paths(
+    value: &serde_json::Value,
+    prefix: &str,
+    tables: &std::collections::BTreeSet<String>,
+    out: &mut std::collections::BTreeSet<String>,
+) {
+    match value {
+        serde_json::Value::Object(map) if prefix.is_empty() || tables.contains(prefix) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(path.clone());
+                key_paths(v, &path, tables, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            items.iter().for_each(|i| key_paths(i, prefix, tables, out))
+        }
+        _ => {}
+    }
+}
+
+/// Every key path of the schema, and which of them are tables with keys.
+fn schema_paths() -> (
+    std::collections::BTreeSet<String>,
+    std::collections::BTreeSet<String>,
+) {
+    fn walk(
+        s: &serde_json::Value,
+        root: &serde_json::Value,
+        prefix: &str,
+        all: &mut std::collections::BTreeSet<String>,
+        tables: &mut std::collections::BTreeSet<String>,
+    ) {
+        let s = match s.get("$ref").and_then(|r| r.as_str()) {
+            Some(r) => &root["$defs"][r.trim_start_matches("#/$defs/")],
+            None => s,
+        };
+        if let Some(items) = s.get("items") {
+            return walk(items, root, prefix, all, tables);
+        }
+        if let Some(props) = s.get("properties").and_then(|p| p.as_object()) {
+            tables.insert(prefix.to_owned());
+            for (k, v) in props {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                all.insert(path.clone());
+                walk(v, root, &path, all, tables);
+            }
+        }
+    }
+    let root: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
+    let (mut all, mut tables) = Default::default();
+    walk(&root, &root, "", &mut all, &mut tables);
+    (all, tables)
+}
+
+#[test]
+fn the_example_sets_every_key_of_the_schema_and_the_reader_reads_each_under_its_name() {
+    let text = fs::read_to_string(repo().join("telepresence.toml.example")).unwrap();
+    let (schema, tables) = schema_paths();
+    let as_written: serde_json::Value =
+        serde_json::to_value(toml::from_str::<toml::Value>(&text).unwrap()).unwrap();
+    let mut written = Default::default();
+    key_paths(&as_written, "", &tables, &mut written);
+    assert_eq!(
+        written, schema,
+        "telepresence.toml.example vs the JSON Schema"
+    );
+    let (raw, problems) = read::read_file(FileId::Team, &text);
+    assert!(problems.is_empty());
+    let mut read_back = Default::default();
+    key_paths(
+        &serde_json::to_value(&raw).unwrap(),
+        "",
+        &tables,
+        &mut read_back,
+    );
+    assert_eq!(
+        read_back, schema,
+        "what the reader fills vs the JSON Schema"
+    );
+}
+
+#[test]
+fn the_readme_examples_validate() {
+    let readme = fs::read_to_string(repo().join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 2, "README: a team file and a local file");
+    let team = SourceFile::new(TEAM_FILE, blocks[0]);
+    let local = SourceFile::new(LOCAL_FILE, blocks[1]);
+    let p = parse(&team, Some(&local), Path::new("/p")).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(p.intercepts[0].ports[0].to_string(), "9090:http");
+    assert_eq!(p.processes[0].env_from.as_deref(), Some("orders"));
+}
