@@ -24,7 +24,7 @@ pub fn check_intercepts(raw: &[RawIntercept]) -> Vec<Problem> {
             .map_or(i.span.clone(), |s| s.span.clone());
         if let Some(first) = names.get(&name) {
             let kind = ProblemKind::DuplicateInterceptName { name: name.clone() };
-            problems.push(duplicate(kind, first, &at, "named again here"));
+            problems.push(duplicate(kind, first, &at, "first named here"));
         } else {
             names.insert(name.clone(), at);
         }
@@ -88,7 +88,7 @@ pub fn check_processes(raw: &[RawProcess]) -> Vec<Problem> {
         let at = p.name.as_ref().map_or(p.span.clone(), |n| n.span.clone());
         if let Some(first) = seen.get(&name) {
             let kind = ProblemKind::DuplicateProcessName { name };
-            problems.push(duplicate(kind, first, &at, "named again here"));
+            problems.push(duplicate(kind, first, &at, "first named here"));
         } else {
             seen.insert(name, at);
         }

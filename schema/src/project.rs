@@ -90,6 +90,14 @@ pub struct Intercept {
     pub env: EnvExport,
 }
 
+impl Intercept {
+    /// The value of [`INTERCEPT_ID_HEADER`] that selects this developer's
+    /// requests: `<install id>:<intercept name>`.
+    pub fn id_header_value(&self, install_id: &str) -> String {
+        format!("{install_id}:{}", self.name)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Mechanism {

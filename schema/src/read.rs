@@ -393,7 +393,10 @@ impl Reader {
         let DeValue::Array(items) = v.get_ref() else {
             return self.wrong_type(v, key, "a list");
         };
-        let values = items.iter().filter_map(|i| item(self, i)).collect();
+        // Every item is checked (all problems reported); one bad item
+        // rejects the list, so that later checks see no half list.
+        let values: Vec<_> = items.iter().map(|i| item(self, i)).collect();
+        let values = values.into_iter().collect::<Option<Vec<_>>>()?;
         Some(self.sp(values, v))
     }
 
@@ -414,12 +417,9 @@ impl Reader {
     fn command(&mut self, v: &Value) -> Option<Sp<Command>> {
         match v.get_ref() {
             DeValue::String(s) => Some(self.sp(Command::Shell(s.to_string()), v)),
-            DeValue::Array(items) => {
-                let words = items
-                    .iter()
-                    .filter_map(|i| self.string(i, "command"))
-                    .collect();
-                Some(self.sp(Command::Exec(words), v))
+            DeValue::Array(_) => {
+                let words = self.list(v, "command", |r, i| r.string(i, "command"))?;
+                Some(self.sp(Command::Exec(words.value), v))
             }
             _ => self.wrong_type(v, "command", "a list of strings or a string"),
         }

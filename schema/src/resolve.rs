@@ -269,12 +269,14 @@ impl Resolver {
                     .last()
                     .unwrap_or("invalid")
                     .trim()
+                    .trim_start_matches("error: ")
                     .to_owned();
                 let reason = format!("`{}` is not a regular expression ({reason})", regex.value);
                 self.invalid(
                     &format!("headers.{}", name.value),
                     reason,
-                    "escape special characters with \\\\, e.g. \"a\\\\.b\"",
+                    "a header value is matched by a regular expression, e.g. \"alice|bob\"; \
+                     in a TOML string its backslashes are doubled: \"a\\\\.b\" matches \"a.b\"",
                     &regex.span,
                 );
             }
