@@ -144,7 +144,7 @@ pub struct RawIntercept {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "Http")]
 pub struct RawHttp {
-    /// Header name → regular expression its value must match (all must match).
+    /// Header name → regular expression the whole value must match (every header listed must match).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Map,
     /// Only requests whose path starts with this.
