@@ -117,7 +117,9 @@ pub fn load(path: &Path) -> Result<Project, LoadError> {
 
 /// The JSON Schema of `telepresence.toml`, pretty-printed with a final newline.
 pub fn json_schema() -> String {
-    let mut schema = schemars::schema_for!(raw::RawFile).to_value();
+    // Draft 7: the draft that TOML editors (taplo, tombi) all understand.
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    let mut schema = generator.into_root_schema_for::<raw::RawFile>().to_value();
     drop_null(&mut schema);
     let mut text = serde_json::to_string_pretty(&schema).expect("a schema serialises");
     text.push('\n');

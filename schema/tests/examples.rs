@@ -132,7 +132,7 @@ fn schema_paths() -> (
         tables: &mut std::collections::BTreeSet<String>,
     ) {
         let s = match s.get("$ref").and_then(|r| r.as_str()) {
-            Some(r) => &root["$defs"][r.trim_start_matches("#/$defs/")],
+            Some(r) => &root["definitions"][r.trim_start_matches("#/definitions/")],
             None => s,
         };
         if let Some(items) = s.get("items") {
