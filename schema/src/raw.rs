@@ -22,7 +22,7 @@ pub type Map = Option<Sp<BTreeMap<Sp<String>, Sp<String>>>>;
 pub struct RawFile {
     /// Version of this file format; tpr refuses files newer than it reads. Default 1.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1))]
     pub format_version: Option<Sp<i64>>,
     /// The cluster to work in.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,6 +47,7 @@ pub struct RawCluster {
     pub context: Str,
     /// Namespace of workloads whose intercept names none. Default: the context's namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub namespace: Str,
 }
 
@@ -107,16 +108,19 @@ pub struct RawIntercept {
     pub rejected: Vec<&'static str>,
     /// Intercept name. Default: the workload name, or `<workload>-<namespace>` when `namespace` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: Str,
     /// Name of the Deployment, ReplicaSet or StatefulSet.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(required)]
+    #[schemars(pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
     pub workload: Str,
     /// Kind of the workload. Default: found in the cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<Sp<WorkloadKind>>,
     /// Namespace of the workload. Default: `cluster.namespace`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub namespace: Str,
     /// Port(s) to intercept: "LOCAL[:SERVICE_PORT]", or a list of them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,6 +128,7 @@ pub struct RawIntercept {
     pub port: List<PortMapping>,
     /// The Service to use when several select the workload.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub service: Str,
     /// `tcp`: all traffic to the port; `http`: only requests that match `http`. Default: tcp.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +154,7 @@ pub struct RawHttp {
     pub headers: Map,
     /// Only requests whose path starts with this.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^/"))]
     pub path_prefix: Str,
     /// Also require `x-telepresence-intercept-id: <install id>:<intercept name>`. Default: true when `headers` is empty.
     #[serde(skip_serializing_if = "Option::is_none")]
