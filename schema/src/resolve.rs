@@ -22,31 +22,35 @@ pub fn resolve(raw: RawFile, root: &Path) -> Result<Project, Vec<Problem>> {
         problems: crosscheck::check_intercepts(&raw.intercept),
     };
     r.problems.extend(crosscheck::check_processes(&raw.process));
-    let format_version = match raw.format_version {
-        Some(v) if v.value != i64::from(FORMAT_VERSION) => {
-            r.push(
-                ProblemKind::UnsupportedFormatVersion {
-                    found: v.value,
-                    supported: FORMAT_VERSION,
-                },
-                &v.span,
-            );
-            FORMAT_VERSION
-        }
-        _ => FORMAT_VERSION,
-    };
+    // Only one version exists; a later one gets a migration here.
+    if let Some(v) = raw
+        .format_version
+        .filter(|v| v.value != i64::from(FORMAT_VERSION))
+    {
+        let kind = ProblemKind::UnsupportedFormatVersion {
+            found: v.value,
+            supported: FORMAT_VERSION,
+        };
+        r.push(kind, &v.span);
+    }
     let cluster = raw.cluster.unwrap_or_default();
     let cluster = Cluster {
         context: r.non_empty(cluster.context, "context"),
         namespace: r.name(cluster.namespace, "namespace", dns_label_problem),
     };
     let agent = r.agent(raw.agent.unwrap_or_default());
+    // Names from the file, so that a broken intercept does not also make
+    // every `env_from` naming it fail.
+    let names: Vec<String> = raw
+        .intercept
+        .iter()
+        .filter_map(raw_intercept_name)
+        .collect();
     let intercepts: Vec<Intercept> = raw
         .intercept
         .into_iter()
         .filter_map(|i| r.intercept(i, &cluster, root))
         .collect();
-    let names: Vec<String> = intercepts.iter().map(|i| i.name.clone()).collect();
     let only = if names.len() == 1 {
         names.first().cloned()
     } else {
@@ -62,7 +66,7 @@ pub fn resolve(raw: RawFile, root: &Path) -> Result<Project, Vec<Problem>> {
     }
     if r.problems.is_empty() {
         Ok(Project {
-            format_version,
+            format_version: FORMAT_VERSION,
             root: root.to_owned(),
             cluster,
             agent,
