@@ -122,7 +122,7 @@ pub struct RawIntercept {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub namespace: Str,
-    /// Port(s) to intercept: "LOCAL[:SERVICE_PORT]", or a list of them.
+    /// Port(s) to intercept: `"LOCAL[:SERVICE_PORT]"`, or a list of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "one_or_many_ports", required)]
     pub port: List<PortMapping>,
