@@ -40,7 +40,11 @@ impl SourceFile {
 
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         (line, before[line_start..].chars().count() + 1)
@@ -126,5 +130,20 @@ impl<T: JsonSchema> JsonSchema for Sp<T> {
     }
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         T::json_schema(generator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_count_characters_from_one() {
+        let f = SourceFile::new("t", "a = 1\nné = \"x\"\n");
+        assert_eq!(f.line_col(0), (1, 1));
+        assert_eq!(f.line_col(6), (2, 1));
+        assert_eq!(f.line_col(10), (2, 4)); // after "né " (é is two bytes)
+        assert_eq!(f.line_col(8), (2, 2)); // inside é: é itself
+        assert_eq!(f.line_col(999), (3, 1));
     }
 }
