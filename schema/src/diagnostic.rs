@@ -18,6 +18,8 @@ pub struct FileProblem {
     /// 1-based line and column of the start of the span.
     pub line: usize,
     pub column: usize,
+    /// Byte range in the file.
+    pub span: std::ops::Range<usize>,
     source: NamedSource<Arc<str>>,
     labels: Vec<LabeledSpan>,
     help: Option<String>,
@@ -52,10 +54,18 @@ impl FileProblem {
             file: src.name.clone(),
             line,
             column,
+            span: p.span.range.clone(),
             source: NamedSource::new(src.name.clone(), src.text.clone()).with_language("toml"),
             labels,
             help,
         }
+    }
+}
+
+impl FileProblem {
+    /// What was expected, or how to fix it (also the diagnostic's help).
+    pub fn help_text(&self) -> Option<&str> {
+        self.help.as_deref()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Every invalid file under tests/corpus/ is rejected with exactly the
-//! problems its `.expected` file lists (`FILE:LINE:COLUMN: MESSAGE`, one per
-//! line, in order). `NAME.local.toml` beside `NAME.toml` is its local file.
+//! problems its `.expected` file lists, in order: `FILE:LINE:COLUMN: MESSAGE`,
+//! then each line of the help as `  help: TEXT`. `NAME.local.toml` beside `NAME.toml` is its local file.
 //! `TPR_BLESS=1 cargo test -p tpr-schema --test corpus` rewrites the
 //! `.expected` files from the actual output (review the diff!).
 
@@ -20,7 +20,13 @@ fn problems(team: &Path) -> String {
         Err(invalid) => invalid
             .problems
             .iter()
-            .map(|p| format!("{}:{}:{}: {}\n", p.file, p.line, p.column, p.kind))
+            .map(|p| {
+                let mut text = format!("{}:{}:{}: {}\n", p.file, p.line, p.column, p.kind);
+                for line in p.help_text().into_iter().flat_map(str::lines) {
+                    text.push_str(&format!("  help: {line}\n"));
+                }
+                text
+            })
             .collect(),
     }
 }
