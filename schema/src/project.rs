@@ -1,0 +1,225 @@
+//! The resolved project: both files merged, defaults applied, names computed.
+//! This is what the rest of tpr consumes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use crate::choice::{EnvFormat, OnExit, PullPolicy, StopSignal, WorkloadKind};
+pub use crate::port::{PortId, PortMapping};
+
+/// The only format version this tpr reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The header whose value `<install id>:<intercept name>` selects a
+/// developer's requests by default.
+pub const INTERCEPT_ID_HEADER: &str = "x-telepresence-intercept-id";
+/// The agent's default gRPC port in the pod.
+pub const DEFAULT_AGENT_PORT: u16 = 9900;
+
+/// The agent image matching this build: `tpr-agent:<version>`.
+pub fn default_agent_image() -> String {
+    format!("tpr-agent:{}", env!("CARGO_PKG_VERSION"))
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Project {
+    pub format_version: u32,
+    /// Directory of `telepresence.toml`; relative paths in the file are
+    /// relative to it, and every path below is already joined with it.
+    pub root: PathBuf,
+    pub cluster: Cluster,
+    pub agent: AgentSettings,
+    #[serde(rename = "intercept")]
+    pub intercepts: Vec<Intercept>,
+    #[serde(rename = "process")]
+    pub processes: Vec<Process>,
+}
+
+impl Project {
+    pub fn intercept(&self, name: &str) -> Option<&Intercept> {
+        self.intercepts.iter().find(|i| i.name == name)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Cluster {
+    /// kubeconfig context; `None`: the current one.
+    pub context: Option<String>,
+    /// Default namespace; `None`: the context's.
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentSettings {
+    pub image: String,
+    pub pull_policy: PullPolicy,
+    /// gRPC port, bound to 127.0.0.1 in the pod.
+    pub port: u16,
+    pub resources: Resources,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Resources {
+    pub requests: Quantities,
+    pub limits: Quantities,
+}
+
+/// Kubernetes quantity strings, as written ("100m", "64Mi").
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Quantities {
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Intercept {
+    /// Unique in the project; Telepresence's rule (see `names::intercept_name`).
+    pub name: String,
+    pub workload: String,
+    /// `None`: look it up in the cluster.
+    pub kind: Option<WorkloadKind>,
+    /// The intercept's namespace, else the cluster's; `None`: the context's.
+    pub namespace: Option<String>,
+    /// At least one.
+    pub ports: Vec<PortMapping>,
+    pub service: Option<String>,
+    pub mechanism: Mechanism,
+    pub to_pod: Vec<u16>,
+    pub env: EnvExport,
+}
+
+impl Intercept {
+    /// The value of [`INTERCEPT_ID_HEADER`] that selects this developer's
+    /// requests: `<install id>:<intercept name>`.
+    pub fn id_header_value(&self, install_id: &str) -> String {
+        format!("{install_id}:{}", self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Mechanism {
+    /// Every connection to the port.
+    Tcp,
+    /// Requests matching every condition.
+    Http(HttpMatch),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HttpMatch {
+    /// Require [`INTERCEPT_ID_HEADER`] = `<install id>:<intercept name>`; the
+    /// runner knows the install id, the file does not.
+    pub id_header: bool,
+    /// Extra header conditions, names lowercased.
+    pub headers: Vec<HeaderMatch>,
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeaderMatch {
+    pub name: String,
+    /// A regular expression (checked to compile) the whole value must match.
+    pub regex: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EnvExport {
+    /// `None`: the env goes only to processes, no file is written.
+    pub file: Option<PathBuf>,
+    pub format: EnvFormat,
+    /// Empty: every variable.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl EnvExport {
+    /// Whether the variable `key` is exported (include, then exclude).
+    pub fn selects(&self, key: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| glob_match(p, key)))
+            && !self.exclude.iter().any(|p| glob_match(p, key))
+    }
+}
+
+/// `*` matches any run of characters, `?` one character; nothing else is special.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Process {
+    pub name: String,
+    /// Program and arguments; a string command is `["sh", "-c", it]`. Never empty.
+    pub command: Vec<String>,
+    pub workdir: PathBuf,
+    /// Intercept whose pod environment the process gets.
+    pub env_from: Option<String>,
+    /// Extra variables, over the pod's.
+    pub env: BTreeMap<String, String>,
+    /// Paths whose changes restart the process; never empty.
+    pub watch: Vec<PathBuf>,
+    /// .gitignore-syntax patterns of changes to ignore.
+    pub ignore: Vec<String>,
+    pub debounce_ms: u64,
+    pub stop_signal: StopSignal,
+    pub stop_timeout_s: u64,
+    pub on_exit: OnExit,
+}
+
+impl Process {
+    pub fn debounce(&self) -> Duration {
+        Duration::from_millis(self.debounce_ms)
+    }
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_secs(self.stop_timeout_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("DB_*", "DB_HOST"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("*_KEY", "AWS_SECRET_KEY"));
+        assert!(glob_match("A?C", "ABC"));
+        assert!(!glob_match("A?C", "AC"));
+        assert!(!glob_match("DB_*", "XDB_HOST"));
+        assert!(glob_match("*A*B*", "xxAyyBzz"));
+    }
+
+    #[test]
+    fn env_selection() {
+        let env = EnvExport {
+            file: None,
+            format: EnvFormat::Dotenv,
+            include: vec!["DB_*".into(), "PORT".into()],
+            exclude: vec!["*_PASSWORD".into()],
+        };
+        assert!(env.selects("DB_HOST"));
+        assert!(env.selects("PORT"));
+        assert!(!env.selects("DB_PASSWORD"));
+        assert!(!env.selects("HOME"));
+    }
+}
