@@ -65,3 +65,16 @@ start() {
 }
 
 running() { [[ -f $PIDS/$1 ]] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null; }
+
+# lock: one up/down at a time on this machine (helpers and CI may share it).
+# A script run by one that holds the lock (up -> down) does not wait again.
+lock() {
+	[[ -n ${TPR_CLUSTER_LOCKED:-} ]] && return 0
+	mkdir -p "$CACHE"
+	exec 9>"$CACHE/.lock"
+	if ! flock -n 9; then
+		say "another tests/cluster/up or down is running; waiting for it"
+		flock 9
+	fi
+	export TPR_CLUSTER_LOCKED=1
+}
