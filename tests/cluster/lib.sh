@@ -35,7 +35,7 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_DIR/Cargo.toml" | head -n1)
 say() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
 
-k() { "$BIN/k8s" kubectl --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+k() { "$BIN/k8s" kubectl --kubeconfig "$KUBECONFIG_PATH" --request-timeout=10s "$@"; }
 ctr_() { ctr --address "$CONTAINERD_SOCK" "$@"; }
 
 # wait_for DESCRIPTION TIMEOUT_SECONDS COMMAND...: polls COMMAND every
