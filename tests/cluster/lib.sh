@@ -60,7 +60,8 @@ wait_for() {
 start() {
 	local name=$1
 	shift
-	setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+	# 9>&-: the component must not inherit (and so hold forever) the lock.
+	setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
 	echo $! >"$PIDS/$name"
 }
 
