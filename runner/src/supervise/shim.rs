@@ -108,20 +108,9 @@ enum ShimEvent {
 fn run(args: ShimArgs) -> i32 {
     // Best effort: without it (very old kernels) only the group is killed.
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    // Terminating signals sent to the shim itself (`kill <shim pid>`) become
-    // a graceful stop. Blocked before any thread starts so all inherit the
-    // mask; std resets the mask in the command it spawns.
-    let mut terminating = SigSet::empty();
-    for signal in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
-        terminating.add(signal);
-    }
-    let _ = terminating.thread_block();
-
+    // The command starts with no signal blocked (std does not reset the
+    // mask it inherits from us, nor ours from tpr's threads).
+    let _ = SigSet::all().thread_unblock();
     let leader = match Command::new(&args.program)
         .args(&args.args)
         .process_group(0)
@@ -137,6 +126,19 @@ fn run(args: ShimArgs) -> i32 {
             return 127;
         }
     };
+    // Terminating signals sent to the shim itself (`kill <shim pid>`) become
+    // a graceful stop: blocked here, before the helper threads start so they
+    // inherit the mask, and taken by `sigwait` on one of them.
+    let mut terminating = SigSet::empty();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        terminating.add(signal);
+    }
+    let _ = terminating.thread_block();
 
     let (tx, rx) = mpsc::channel();
     let control = tx.clone();

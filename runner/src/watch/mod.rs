@@ -35,6 +35,9 @@ pub struct WatchSpec {
     pub ignored_files: Vec<PathBuf>,
     pub debounce: Duration,
     pub max_wait: Duration,
+    /// Accept files in `paths` that do not exist yet (their directory must):
+    /// for the project files, of which the local one is optional.
+    pub allow_missing_files: bool,
 }
 
 /// What can go wrong watching files.
@@ -127,9 +130,13 @@ impl Watcher {
 
         let mut dirs = Vec::new();
         for path in &spec.paths {
-            let path = path
-                .canonicalize()
-                .map_err(|_| WatchError::Missing(path.clone()))?;
+            let path = match path.canonicalize() {
+                Ok(path) => path,
+                Err(_) if spec.allow_missing_files && path.parent().is_some_and(Path::is_dir) => {
+                    normalize(path)
+                }
+                Err(_) => return Err(WatchError::Missing(path.clone())),
+            };
             if path.is_dir() {
                 for ancestor in path.ancestors() {
                     rules.add_ignore_files_of(ancestor);
