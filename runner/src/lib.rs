@@ -5,3 +5,6 @@ pub mod cli;
 pub mod envfile;
 pub mod project_file;
 pub mod report;
+pub mod session_loop;
+pub mod supervise;
+pub mod watch;
