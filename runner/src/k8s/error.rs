@@ -424,3 +424,56 @@ pub(crate) fn is_not_found(err: &kube::Error) -> bool {
 pub(crate) fn is_conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 409)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> Request<'static> {
+        Request {
+            verb: "update",
+            resource: "deployments.apps",
+            namespace: "shop",
+            url: "https://h:6443/",
+            context: "dev",
+        }
+    }
+
+    fn status(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: "denied".into(),
+            reason: "Forbidden".into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn forbidden_names_verb_resource_namespace_and_fix() {
+        let msg = req().error(status(403)).to_string();
+        assert!(
+            msg.starts_with(
+                "forbidden: tpr needs `update` on `deployments.apps` in namespace `shop`"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("--verb=update --resource=deployments.apps"),
+            "{msg}"
+        );
+        assert!(matches!(
+            req().error(status(409)),
+            K8sError::Api { code: 409, .. }
+        ));
+    }
+
+    #[test]
+    fn rollback_is_said() {
+        assert!(Rollback::Restored.to_string().contains("restored"));
+        assert!(
+            Rollback::Failed("x".into())
+                .to_string()
+                .contains("tpr uninstall")
+        );
+    }
+}

@@ -116,3 +116,60 @@ pub fn summarize(w: &Workload, services: &[Service]) -> WorkloadSummary {
         replicas: w.replicas(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use serde_json::json;
+
+    use super::*;
+
+    fn dep(labels: serde_json::Value) -> Workload {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "w"},
+            "spec": {"replicas": 2, "selector": {}, "template": {"metadata": {"labels": labels}}},
+            "status": {"readyReplicas": 1}
+        }))
+        .unwrap();
+        d.into()
+    }
+
+    fn svc(name: &str, ports: serde_json::Value) -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"selector": {"app": "w"}, "ports": ports}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn summary_says_why_a_workload_cannot_be_intercepted() {
+        let s = summarize(
+            &dep(json!({"app": "w"})),
+            &[
+                svc("b", json!([{"port": 80}])),
+                svc("a", json!([{"port": 81}])),
+            ],
+        );
+        assert_eq!(
+            s.interceptable,
+            Interceptable::Yes {
+                services: vec!["a".into(), "b".into()]
+            }
+        );
+        assert_eq!((s.ready, s.replicas, s.agent_installed), (1, 2, false));
+        let s = summarize(
+            &dep(json!({"app": "other"})),
+            &[svc("a", json!([{"port": 80}]))],
+        );
+        assert_eq!(
+            s.interceptable,
+            Interceptable::No {
+                reason: "no Service selects its pods".into()
+            }
+        );
+        let s = summarize(&dep(json!({"app": "w"})), &[svc("a", json!([]))]);
+        assert!(
+            matches!(s.interceptable, Interceptable::No { reason } if reason.contains("no ports"))
+        );
+    }
+}
