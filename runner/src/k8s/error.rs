@@ -368,6 +368,14 @@ pub(crate) struct Request<'a> {
 }
 
 impl Request<'_> {
+    fn unreachable(&self, cause: String) -> K8sError {
+        K8sError::Unreachable {
+            url: self.url.to_string(),
+            context: self.context.to_string(),
+            cause,
+        }
+    }
+
     pub(crate) fn error(&self, err: kube::Error) -> K8sError {
         match err {
             kube::Error::Api(status) if status.code == 403 => K8sError::Forbidden {
@@ -384,11 +392,8 @@ impl Request<'_> {
                 reason: status.reason.clone(),
                 message: status.message.clone(),
             },
-            e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => K8sError::Unreachable {
-                url: self.url.to_string(),
-                context: self.context.to_string(),
-                cause: chain(&e),
-            },
+            kube::Error::HyperError(e) => self.unreachable(chain(&e)),
+            kube::Error::Service(e) => self.unreachable(chain(e.as_ref())),
             e => K8sError::Client {
                 verb: self.verb,
                 resource: self.resource,
