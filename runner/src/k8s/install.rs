@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::resolve::get_workload;
-use super::rollout::{RolloutOptions, roll_out, write};
+use super::rollout::{RolloutOptions, replace_stale_pods, roll_out, write};
 use super::template::{AgentPort, AgentSpec, PortRequest, covers, merge_ports, patch_template};
 use super::{
     ANNOTATION_AGENT_PORTS, ANNOTATION_ORIGINAL_TEMPLATE, Cluster, K8sError, Progress, Rollback,
@@ -87,11 +87,19 @@ pub async fn install(
         // The server found nothing to change.
         return Ok(outcome(false));
     }
-    match roll_out(cluster, &written, opts, progress).await {
+    match roll_out(
+        cluster,
+        &written,
+        written.pods_need_replacing(),
+        opts,
+        progress,
+    )
+    .await
+    {
         Ok(()) => Ok(outcome(true)),
         Err(e) => {
             progress.message(&format!("rolling back {}", before.display()));
-            let rollback = restore(cluster, &before, opts, progress).await;
+            let rollback = restore(cluster, &before, opts).await;
             Err(e.into_error(before.display(), rollback))
         }
     }
@@ -100,23 +108,13 @@ pub async fn install(
 /// Writes back the template and annotations `before` had, then replaces
 /// the pods where the controller would not; does not wait for readiness
 /// (the previous template may not have been ready either).
-async fn restore(
-    cluster: &Cluster,
-    before: &Workload,
-    opts: &RolloutOptions,
-    progress: &dyn Progress,
-) -> Rollback {
+async fn restore(cluster: &Cluster, before: &Workload, opts: &RolloutOptions) -> Rollback {
     let result = async {
         let now = fresh(cluster, before).await?;
         let annotations = before.metadata().annotations.clone().unwrap_or_default();
         let written = write(cluster, &now, before.template_json(), annotations).await?;
-        if written.pods_need_replacing() {
-            // A short rollout: enough to replace the broken pods.
-            let quick = RolloutOptions {
-                timeout: opts.poll * 4,
-                ..opts.clone()
-            };
-            let _ = roll_out(cluster, &written, &quick, progress).await;
+        if replace_on_restore(&written) {
+            replace_stale_pods(cluster, &written, opts).await?;
         }
         Ok::<_, K8sError>(())
     }
@@ -125,6 +123,12 @@ async fn restore(
         Ok(()) => Rollback::Restored,
         Err(e) => Rollback::Failed(e.to_string()),
     }
+}
+
+/// Whether going back to an earlier template needs tpr to delete pods: a
+/// StatefulSet keeps a pod stuck on a broken revision until it is deleted.
+fn replace_on_restore(w: &Workload) -> bool {
+    w.pods_need_replacing() || w.kind() == WorkloadKind::StatefulSet
 }
 
 /// Finds a workload by name (kind given or detected) for uninstall.
@@ -197,9 +201,15 @@ pub async fn uninstall_workload(
     annotations.remove(ANNOTATION_ORIGINAL_TEMPLATE);
     annotations.remove(ANNOTATION_AGENT_PORTS);
     let written = write(cluster, w, original, annotations).await?;
-    roll_out(cluster, &written, opts, progress)
-        .await
-        .map_err(|e| e.into_error(w.display(), Rollback::Uninstalled))?;
+    roll_out(
+        cluster,
+        &written,
+        replace_on_restore(&written),
+        opts,
+        progress,
+    )
+    .await
+    .map_err(|e| e.into_error(w.display(), Rollback::Uninstalled))?;
     Ok(UninstallOutcome {
         workload: w.display(),
         changed: true,

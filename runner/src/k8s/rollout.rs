@@ -242,9 +242,15 @@ impl RolloutError {
 
 /// After a template write: replaces the pods where the controller does not,
 /// then waits until every replica runs the new template and is ready.
+///
+/// `replace` deletes the pods that do not run the new template once the
+/// controller has seen it: needed for a bare ReplicaSet and an `OnDelete`
+/// StatefulSet, and when rolling a StatefulSet back (its controller does not
+/// replace a pod stuck on a broken revision by itself).
 pub(crate) async fn roll_out(
     cluster: &Cluster,
     written: &Workload,
+    replace: bool,
     opts: &RolloutOptions,
     progress: &dyn Progress,
 ) -> Result<(), RolloutError> {
@@ -261,7 +267,7 @@ pub(crate) async fn roll_out(
                 namespace: ns.clone(),
             })?;
         let observed = observed_generation(&w) >= w.metadata().generation.unwrap_or(0);
-        if observed && written.pods_need_replacing() && replaced.is_none() {
+        if observed && replace && replaced.is_none() {
             // Only once the controller has seen the new template: pods it
             // recreates before that would still run the old one.
             replaced = Some(delete_stale_pods(cluster, &w).await?);
@@ -278,7 +284,9 @@ pub(crate) async fn roll_out(
         if let Some(msg) = state.failed {
             return Err(RolloutError::Failed(msg));
         }
-        for pod in &state.new_pods {
+        // Before the controller has seen the template, the "new" pods may
+        // still be the old ones: their problems are not this rollout's.
+        for pod in state.new_pods.iter().filter(|_| observed) {
             if let Some(problem) = diagnose_pod(pod) {
                 return Err(RolloutError::Stuck {
                     pod: pod.metadata.name.clone().unwrap_or_default(),
@@ -286,7 +294,7 @@ pub(crate) async fn roll_out(
                 });
             }
         }
-        if observed && state.done && (!written.pods_need_replacing() || replaced.is_some()) {
+        if observed && state.done && (!replace || replaced.is_some()) {
             return Ok(());
         }
         if start.elapsed() >= opts.timeout {
@@ -294,6 +302,32 @@ pub(crate) async fn roll_out(
                 waited: opts.timeout,
                 last,
             });
+        }
+        tokio::time::sleep(opts.poll).await;
+    }
+}
+
+/// Waits until the controller has seen the template, then deletes the pods
+/// that do not run it, without waiting for the new ones.
+pub(crate) async fn replace_stale_pods(
+    cluster: &Cluster,
+    written: &Workload,
+    opts: &RolloutOptions,
+) -> Result<(), K8sError> {
+    let ns = written.metadata().namespace.clone().unwrap_or_default();
+    let start = Instant::now();
+    loop {
+        let Some(w) =
+            super::resolve::get_workload(cluster, written.kind(), &ns, written.name()).await?
+        else {
+            return Ok(());
+        };
+        if observed_generation(&w) >= w.metadata().generation.unwrap_or(0) {
+            delete_stale_pods(cluster, &w).await?;
+            return Ok(());
+        }
+        if start.elapsed() >= opts.timeout {
+            return Ok(());
         }
         tokio::time::sleep(opts.poll).await;
     }
