@@ -8,3 +8,4 @@ pub mod session_loop;
 pub mod supervise;
 pub mod watch;
 pub mod k8s;
+pub mod tunnel;
