@@ -1,0 +1,3 @@
+module tpr.dev/examples/hello
+
+go 1.25.0

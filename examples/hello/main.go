@@ -1,0 +1,191 @@
+// Command hello is the example app tpr's tests and demo run in the cluster.
+//
+//	hello [serve]                 serve HTTP on $PORT (default 8080)
+//	hello get URL [-H k:v]... [-wait 30s]
+//	                              print URL's body; exit 1 on failure
+//	hello sleep                   wait until stopped (a pod to exec into)
+//
+// Server paths: / answers "hello from <$HELLO_WHO or hostname>";
+// /env?name=X returns the value of env var X; /headers echoes the request
+// headers as JSON; /healthz answers ok.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	args := os.Args[1:]
+	cmd := "serve"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "serve":
+		err = serve()
+	case "get":
+		err = get(args)
+	case "sleep":
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		<-sig
+	default:
+		err = fmt.Errorf("unknown command %q (serve, get, sleep)", cmd)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hello:", err)
+		os.Exit(1)
+	}
+}
+
+func who() string {
+	if w := os.Getenv("HELLO_WHO"); w != "" {
+		return w
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+func serve() error {
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s\n", who())
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /env", func(w http.ResponseWriter, r *http.Request) {
+		name := r.URL.Query().Get("name")
+		value, ok := os.LookupEnv(name)
+		if name == "" || !ok {
+			http.Error(w, fmt.Sprintf("no env var %q", name), http.StatusNotFound)
+			return
+		}
+		writeJSON(w, map[string]string{"name": name, "value": value})
+	})
+	mux.HandleFunc("GET /headers", func(w http.ResponseWriter, r *http.Request) {
+		h := map[string]string{"Host": r.Host}
+		for k, v := range r.Header {
+			h[k] = strings.Join(v, ", ")
+		}
+		writeJSON(w, h)
+	})
+	srv := &http.Server{Addr: ":" + port, Handler: logRequests(mux), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		<-sig
+		srv.Close()
+	}()
+	fmt.Printf("hello: %s listening on :%s\n", who(), port)
+	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Printf("%s %s from %s\n", r.Method, r.URL.RequestURI(), r.RemoteAddr)
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+type headerFlag []string
+
+func (h *headerFlag) String() string     { return strings.Join(*h, ",") }
+func (h *headerFlag) Set(v string) error { *h = append(*h, v); return nil }
+
+// get fetches a URL once, or retries until -wait runs out; a pod running it
+// thus reports success or failure through its exit status and its log.
+func get(args []string) error {
+	fs := flag.NewFlagSet("get", flag.ContinueOnError)
+	var headers headerFlag
+	fs.Var(&headers, "H", "request header k:v (repeatable)")
+	wait := fs.Duration("wait", 0, "keep retrying failures for this long")
+	// Flags may come before or after the URL.
+	var url string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		if url != "" {
+			return fmt.Errorf("get: one URL expected, got %q and %q", url, fs.Arg(0))
+		}
+		url, args = fs.Arg(0), fs.Args()[1:]
+	}
+	if url == "" {
+		return errors.New("usage: hello get URL [-H k:v]... [-wait 30s]")
+	}
+	deadline := time.Now().Add(*wait)
+	client := &http.Client{Timeout: 10 * time.Second}
+	for {
+		body, err := fetch(client, url, headers)
+		if err == nil {
+			_, err = os.Stdout.Write(body)
+			return err
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		fmt.Fprintln(os.Stderr, "hello: retrying:", err)
+		time.Sleep(time.Second)
+	}
+}
+
+func fetch(client *http.Client, url string, headers []string) ([]byte, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range headers {
+		k, v, ok := strings.Cut(h, ":")
+		if !ok {
+			return nil, fmt.Errorf("header %q: expected k:v", h)
+		}
+		if strings.EqualFold(strings.TrimSpace(k), "host") {
+			req.Host = strings.TrimSpace(v)
+			continue
+		}
+		req.Header.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}
+

@@ -1,0 +1,67 @@
+# Shared settings for tests/cluster/* scripts. Sourced, not run.
+# shellcheck shell=bash
+
+CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$CLUSTER_DIR/../.." && pwd)
+
+STATE=/var/lib/tpr-cluster          # everything `down` removes
+CACHE=/var/cache/tpr-cluster        # build outputs kept across runs
+BIN=$CACHE/bin
+IMAGES=$CACHE/images
+LOGS=$STATE/logs
+PIDS=$STATE/pids
+PKI=$STATE/pki
+KUBECONFIG_PATH=$STATE/kubeconfig
+
+# Go caches live under /var/cache so a second run on this machine is warm.
+export GOCACHE=${GOCACHE:-$CACHE/gocache}
+export GOMODCACHE=${GOMODCACHE:-$CACHE/gomod}
+export GOFLAGS=${GOFLAGS:--mod=mod}
+export CGO_ENABLED=0
+
+# Addresses that exist only inside this VM (see README).
+NODE_NAME=tpr-node
+BRIDGE=tpr0
+POD_CIDR=10.244.0.0/16
+NODE_IP=10.244.0.1                  # the bridge's own address = the pods' gateway
+SERVICE_CIDR=10.96.0.0/16
+API_SERVICE_IP=10.96.0.1
+DNS_SERVICE_IP=10.96.0.10
+CLUSTER_DOMAIN=cluster.local
+
+CONTAINERD_SOCK=$STATE/containerd/containerd.sock
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_DIR/Cargo.toml" | head -n1)
+
+say() { printf '[cluster] %s\n' "$*" >&2; }
+die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
+
+k() { "$BIN/k8s" kubectl --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+ctr_() { ctr --address "$CONTAINERD_SOCK" "$@"; }
+
+# wait_for DESCRIPTION TIMEOUT_SECONDS COMMAND...: polls COMMAND every
+# second, printing progress, until it succeeds or the timeout passes.
+wait_for() {
+	local what=$1 timeout=$2 start=$SECONDS
+	shift 2
+	printf '[cluster] waiting for %s ' "$what" >&2
+	until "$@" >/dev/null 2>&1; do
+		if ((SECONDS - start >= timeout)); then
+			printf ' timed out after %ss\n' "$timeout" >&2
+			return 1
+		fi
+		printf '.' >&2
+		sleep 1
+	done
+	printf ' ok (%ss)\n' "$((SECONDS - start))" >&2
+}
+
+# start NAME COMMAND...: runs COMMAND in its own session in the background,
+# logging to $LOGS/NAME.log, and records its pid in $PIDS/NAME.
+start() {
+	local name=$1
+	shift
+	setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+	echo $! >"$PIDS/$name"
+}
+
+running() { [[ -f $PIDS/$1 ]] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null; }

@@ -1,0 +1,3 @@
+module tpr.dev/tests/cluster/pause
+
+go 1.25.0

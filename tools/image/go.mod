@@ -1,0 +1,3 @@
+module tpr.dev/tools/image
+
+go 1.25.0
