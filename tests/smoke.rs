@@ -1,0 +1,187 @@
+//! Smoke test of the test cluster: proves it is a real Kubernetes with
+//! working Service networking, cluster DNS, port-forwarding and
+//! controllers. Needs `tests/cluster/up` (and `load-images`) to have run.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tpr_e2e::{Cluster, Error, Result, repo_root, wait_for};
+
+const HELLO_IMAGE: &str = "hello:0.1.0";
+const READY: Duration = Duration::from_secs(90);
+
+async fn cluster() -> Cluster {
+    Cluster::connect().await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `body` in a fresh namespace, deletes the namespace whatever the
+/// outcome, then fails the test with the body's error if any.
+macro_rules! in_namespace {
+    ($prefix:expr, $body:ident) => {{
+        let c = cluster().await;
+        let ns = c.namespace($prefix).await.unwrap_or_else(|e| panic!("{e}"));
+        let result = $body(&c, &ns).await;
+        let _ = c.delete_namespace(&ns).await;
+        result.unwrap_or_else(|e| panic!("{e}"));
+    }};
+}
+
+/// Deploys examples/hello (Deployment + ClusterIP Service) into `ns`.
+async fn deploy_hello(c: &Cluster, ns: &str) -> Result<()> {
+    let dir = repo_root().join("examples/hello/k8s");
+    c.apply_file(dir.join("deployment.yaml"), Some(ns)).await?;
+    c.apply_file(dir.join("service.yaml"), Some(ns)).await?;
+    c.wait_deployment(ns, "hello", READY).await
+}
+
+/// Runs `hello get URL` in a client pod and returns what it printed.
+async fn get_from_pod(c: &Cluster, ns: &str, url: &str) -> Result<String> {
+    let run = c
+        .run_pod(ns, HELLO_IMAGE, &["get", "-wait", "30s", url], READY)
+        .await?;
+    assert_eq!(
+        run.exit_code, 0,
+        "`hello get {url}` failed in a pod: {}",
+        run.log
+    );
+    Ok(run.log)
+}
+
+async fn service_by_dns_name(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let pod = c.ready_pods(ns, "app=hello").await?;
+    let pod_name = pod[0].metadata.name.clone().unwrap_or_default();
+    for url in [
+        format!("http://hello.{ns}.svc.cluster.local/"),
+        "http://hello/".to_string(),
+    ] {
+        let out = get_from_pod(c, ns, &url).await?;
+        assert!(
+            out.contains(&format!("hello from {pod_name}")),
+            "{url} answered {out:?}, expected the hello pod {pod_name}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn deployment_answers_by_service_dns_name() {
+    in_namespace!("smoke-svc", service_by_dns_name);
+}
+
+const STATEFUL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports:
+    - {name: http, port: 8080}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: web
+spec:
+  serviceName: web
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: hello
+          image: hello:0.1.0
+          imagePullPolicy: IfNotPresent
+          ports:
+            - {name: http, containerPort: 8080}
+          readinessProbe:
+            httpGet: {path: /healthz, port: http}
+            periodSeconds: 1
+"#;
+
+async fn statefulset_pod_dns(c: &Cluster, ns: &str) -> Result<()> {
+    c.apply_yaml(STATEFUL, Some(ns)).await?;
+    c.wait_statefulset(ns, "web", READY).await?;
+    let url = format!("http://web-0.web.{ns}.svc.cluster.local:8080/");
+    let out = get_from_pod(c, ns, &url).await?;
+    assert_eq!(out.trim(), "hello from web-0", "{url} answered {out:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn headless_statefulset_pod_answers_by_pod_dns_name() {
+    in_namespace!("smoke-sts", statefulset_pod_dns);
+}
+
+async fn port_forward(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let pod = c.ready_pods(ns, "app=hello").await?.remove(0);
+    let name = pod.metadata.name.unwrap_or_default();
+    let pods = Api::<Pod>::namespaced(c.client.clone(), ns);
+    let mut pf = pods.portforward(&name, &[8080]).await?;
+    let mut stream = pf
+        .take_stream(8080)
+        .ok_or_else(|| Error::Io(std::io::Error::other("no stream for port 8080")))?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .map_err(|_| Error::Timeout(Duration::from_secs(20), "port-forward response".into()))??;
+    drop(stream);
+    pf.join()
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "port-forward got {response:?}"
+    );
+    assert!(
+        response.contains(&format!("hello from {name}")),
+        "port-forward got {response:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn port_forward_through_the_api_reaches_a_pod() {
+    in_namespace!("smoke-pf", port_forward);
+}
+
+async fn pod_replaced(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let old = c.ready_pods(ns, "app=hello").await?.remove(0);
+    let old_uid = old.metadata.uid.clone().unwrap_or_default();
+    let pods = Api::<Pod>::namespaced(c.client.clone(), ns);
+    pods.delete(
+        old.metadata.name.as_deref().unwrap_or_default(),
+        &DeleteParams::default(),
+    )
+    .await?;
+    let new = wait_for("a replacement hello pod to be ready", READY, || async {
+        let ready = c.ready_pods(ns, "app=hello").await?;
+        Ok(ready
+            .into_iter()
+            .find(|p| p.metadata.uid.as_deref() != Some(old_uid.as_str())))
+    })
+    .await?;
+    assert_ne!(new.metadata.name, old.metadata.name);
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleted_pod_is_replaced_by_its_controller() {
+    in_namespace!("smoke-rs", pod_replaced);
+}
