@@ -1,0 +1,115 @@
+//! `tpr list`: the workloads of a namespace, whether each can be
+//! intercepted (or why not), has the agent, and is intercepted by this
+//! project's `tpr up`.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+
+use super::status::Output;
+use crate::k8s::{self, Cluster, ClusterOptions, Interceptable};
+use crate::project_file::ProjectArgs;
+use crate::up::UpError;
+use crate::up::control::{Request, ask};
+use crate::up::state::{State, StatePaths};
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// The namespace; default: the file's, else the context's.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
+}
+
+pub fn run(args: &ListArgs) -> miette::Result<ExitCode> {
+    // The file is optional here: it gives the context and namespace.
+    let project = args.project.load().ok();
+    let context = project.as_ref().and_then(|p| p.cluster.context.clone());
+    let paths = StatePaths::for_project(&args.project.file)?;
+    let (namespace, rows, state) = super::block_on(async {
+        let cluster = Cluster::connect(&ClusterOptions {
+            context,
+            ..Default::default()
+        })
+        .await?;
+        let namespace = args
+            .namespace
+            .clone()
+            .or_else(|| project.as_ref().and_then(|p| p.cluster.namespace.clone()))
+            .unwrap_or_else(|| cluster.default_namespace().to_owned());
+        let rows = k8s::list(&cluster, &namespace).await?;
+        let state: Option<State> = ask(&paths.socket, &Request::Status)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        Ok::<_, UpError>((namespace, rows, state))
+    })?;
+    let held_by_us = |workload: &str| -> Vec<String> {
+        state
+            .iter()
+            .flat_map(|s| &s.intercepts)
+            .filter(|i| i.namespace == namespace && i.workload == workload)
+            .map(|i| i.name.clone())
+            .collect()
+    };
+    let why = |i: &Interceptable| match i {
+        Interceptable::Yes { .. } => None,
+        Interceptable::No { reason } => Some(reason.clone()),
+    };
+    let services = |i: &Interceptable| match i {
+        Interceptable::Yes { services } => services.clone(),
+        Interceptable::No { .. } => Vec::new(),
+    };
+    match args.output {
+        Output::Json => {
+            let items: Vec<_> = rows
+                .iter()
+                .map(|w| {
+                    json!({
+                        "kind": w.kind.kind(),
+                        "name": w.name,
+                        "interceptable": why(&w.interceptable).is_none(),
+                        "reason": why(&w.interceptable),
+                        "services": services(&w.interceptable),
+                        "agent_installed": w.agent_installed,
+                        "ready": w.ready,
+                        "replicas": w.replicas,
+                        "intercepted_here": held_by_us(&format!("{}/{}", w.kind, w.name)),
+                    })
+                })
+                .collect();
+            let v = json!({ "namespace": namespace, "workloads": items });
+            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+        }
+        Output::Text => {
+            if rows.is_empty() {
+                println!("no Deployment, ReplicaSet or StatefulSet in namespace {namespace}");
+            }
+            for w in &rows {
+                let mut line = format!("{:<12} {:<28}", w.kind.kind(), w.name);
+                match why(&w.interceptable) {
+                    None => line.push_str(&format!(
+                        " interceptable (service {})",
+                        services(&w.interceptable).join(", ")
+                    )),
+                    Some(r) => line.push_str(&format!(" not interceptable: {r}")),
+                }
+                if w.agent_installed {
+                    line.push_str(", agent installed");
+                }
+                let mine = held_by_us(&format!("{}/{}", w.kind, w.name));
+                if !mine.is_empty() {
+                    line.push_str(&format!(", intercepted here ({})", mine.join(", ")));
+                }
+                println!("{line}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
