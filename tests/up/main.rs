@@ -2,12 +2,15 @@
 //! deploys real workloads in its own namespace, runs the real `tpr`, sends
 //! real requests from a client pod and checks where they arrive.
 
+mod env;
+mod lifecycle;
 mod support;
+mod variants;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use support::{ClientPod, ProjectDir, deploy_hello, free_port, local_hello};
+use support::{ClientPod, ProjectDir, deploy_hello, free_port, local_hello, local_hello_as};
 use tpr_e2e::{Cluster, Result};
 
 const ACTIVE: &str = "State                  : ACTIVE";
@@ -19,7 +22,7 @@ async fn cluster() -> Cluster {
 
 /// Runs `body` in a fresh namespace, deletes it whatever the outcome.
 macro_rules! in_namespace {
-    ($prefix:expr, $body:ident) => {{
+    ($prefix:expr, $body:expr) => {{
         let c = cluster().await;
         let ns = c.namespace($prefix).await.unwrap_or_else(|e| panic!("{e}"));
         let result = $body(&c, &ns).await;
@@ -119,4 +122,234 @@ async fn tcp_deployment(c: &Cluster, ns: &str) -> Result<()> {
 #[tokio::test]
 async fn tcp_intercept_of_a_deployment_with_a_named_port() {
     in_namespace!("up-tcp", tcp_deployment);
+}
+
+fn http_project(ns: &str, port: u16, who: &str) -> String {
+    format!(
+        "format_version = 1\n[cluster]\nnamespace = \"{ns}\"\n[[intercept]]\nworkload = \"hello\"\nport = \"{port}:http\"\nmechanism = \"http\"\n{}",
+        local_hello_as(port, "hello", who)
+    )
+}
+
+async fn http_personal(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let client = ClientPod::start(c, ns).await?;
+    let url = format!("http://hello.{ns}/");
+    let alice = ProjectDir::new(&http_project(ns, free_port(), "alice"));
+    let bob = ProjectDir::new(&http_project(ns, free_port(), "bob"));
+    let mut up_a = alice.up(&[]);
+    up_a.wait_for(ACTIVE, UP).await;
+    let mut up_b = bob.up(&[]);
+    up_b.wait_for(ACTIVE, UP).await;
+    let header = |p: &ProjectDir| format!("x-telepresence-intercept-id:{}:hello", p.install_id);
+    assert!(
+        up_a.stdout().contains(&format!(
+            "HTTP requests that match all of:\n      header(\"x-telepresence-intercept-id\") ~= regexp(\"{}:hello\")",
+            alice.install_id
+        )),
+        "{}",
+        up_a.stdout()
+    );
+    let (a, _) = client
+        .get_until(&url, &[&header(&alice)], "hello from alice", Duration::from_secs(20))
+        .await;
+    assert!(a.contains("hello from alice"), "{a}\n{}", up_a.stderr());
+    let (b, _) = client
+        .get_until(&url, &[&header(&bob)], "hello from bob", Duration::from_secs(20))
+        .await;
+    assert!(b.contains("hello from bob"), "{b}\n{}", up_b.stderr());
+    // Unmatched traffic is the app's.
+    for _ in 0..3 {
+        let plain = client.get(&url, &[]).await;
+        assert!(plain.contains("hello from hello-"), "{plain}");
+    }
+    // Alice leaves: her requests go to the app, Bob keeps his.
+    let leave = alice.tpr(&["leave", "hello"]);
+    assert!(leave.status.success(), "{}", text(&leave));
+    let (a, _) = client
+        .get_until(&url, &[&header(&alice)], "hello from hello-", Duration::from_secs(10))
+        .await;
+    assert!(a.contains("hello from hello-"), "{a}");
+    assert!(client.get(&url, &[&header(&bob)]).await.contains("hello from bob"));
+    drop(up_a);
+    drop(up_b);
+    Ok(())
+}
+
+#[tokio::test]
+async fn http_personal_intercepts_leave_other_traffic_to_the_app() {
+    in_namespace!("up-http", http_personal);
+}
+
+async fn sigkill(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let client = ClientPod::start(c, ns).await?;
+    let url = format!("http://hello.{ns}/");
+    let project = ProjectDir::new(&hello_project(ns, free_port(), ""));
+    let mut up = project.up(&[]);
+    up.wait_for(ACTIVE, UP).await;
+    let (body, _) = client
+        .get_until(&url, &[], "hello from local", Duration::from_secs(20))
+        .await;
+    assert!(body.contains("hello from local"), "{body}");
+    up.kill9();
+    let (body, took) = client
+        .get_until(&url, &[], "hello from hello-", Duration::from_secs(10))
+        .await;
+    assert!(body.contains("hello from hello-"), "{body}");
+    assert!(took <= Duration::from_secs(3), "traffic came back after {took:?}");
+    // down after the crash cleans the state and confirms with the agent.
+    let down = project.tpr(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(String::from_utf8_lossy(&down.stdout).contains("ended intercept hello"), "{}", text(&down));
+    // A new tpr up starts cleanly (the agent is already installed).
+    let mut again = project.up(&[]);
+    again.wait_for(ACTIVE, UP).await;
+    assert!(!again.stderr().contains("installed the traffic agent"), "{}", again.stderr());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigkilled_up_gives_traffic_back_within_3_seconds() {
+    in_namespace!("up-kill", sigkill);
+}
+
+async fn template_json(c: &Cluster, ns: &str, name: &str) -> Result<serde_json::Value> {
+    let api = kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(c.client.clone(), ns);
+    let d = api.get(name).await?;
+    Ok(serde_json::to_value(d.spec.expect("spec").template).expect("json"))
+}
+
+async fn uninstall(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let original = template_json(c, ns, "hello").await?;
+    let project = ProjectDir::new(&bare_project(ns, "hello", &format!("{}:http", free_port()), ""));
+    let once = project.tpr(&["up", "--once"]);
+    assert!(once.status.success(), "{}", text(&once));
+    let installed = template_json(c, ns, "hello").await?;
+    assert_ne!(installed, original, "the agent was not installed");
+    let out = project.tpr(&["uninstall", "hello"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(template_json(c, ns, "hello").await?, original);
+    let again = project.tpr(&["uninstall", "hello"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("not installed"), "{}", text(&again));
+    Ok(())
+}
+
+#[tokio::test]
+async fn uninstall_restores_the_template_exactly() {
+    in_namespace!("up-uninst", uninstall);
+}
+
+/// A project with one intercept and no process (`tpr up --once` then ends
+/// right after the intercept is made).
+fn bare_project(ns: &str, workload: &str, port: &str, extra: &str) -> String {
+    format!(
+        "format_version = 1\n[cluster]\nnamespace = \"{ns}\"\n[[intercept]]\nworkload = \"{workload}\"\nport = \"{port}\"\n{extra}\n"
+    )
+}
+
+const ERRORS_YAML: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: hello-2}
+spec:
+  selector: {app: hello}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: multi}
+spec:
+  selector: {matchLabels: {app: multi}}
+  template:
+    metadata: {labels: {app: multi}}
+    spec:
+      containers:
+        - name: multi
+          image: hello:0.1.0
+          args: [serve]
+          ports: [{name: http, containerPort: 8080}, {name: admin, containerPort: 9090}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: multi}
+spec:
+  selector: {app: multi}
+  ports: [{name: http, port: 80, targetPort: http}, {name: admin, port: 9090, targetPort: admin}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: manual}
+spec:
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+/// Runs `tpr up --once` on `toml`; asserts it fails naming `expected`,
+/// and that nothing was installed.
+async fn fails(c: &Cluster, ns: &str, toml: &str, expected: &[&str], env: &[(&str, &str)]) {
+    let before = template_json(c, ns, "hello").await.ok();
+    let project = ProjectDir::new(toml);
+    let out = project.tpr_env(&["up", "--once"], env);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    for e in expected {
+        assert!(all.contains(e), "expected {e:?} in\n{all}");
+    }
+    assert_eq!(template_json(c, ns, "hello").await.ok(), before, "the workload changed");
+}
+
+async fn errors(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    c.apply_yaml(ERRORS_YAML, Some(ns)).await?;
+    let p = free_port();
+    // Two Services select hello and the file names none.
+    fails(c, ns, &bare_project(ns, "hello", &p.to_string(), ""), &["several Services select", "hello, hello-2", "set `service`"], &[]).await;
+    // A Service with two ports and no port in the file.
+    fails(c, ns, &bare_project(ns, "multi", &p.to_string(), ""), &["admin/9090", "http/80"], &[]).await;
+    // A Service without a selector.
+    fails(c, ns, &bare_project(ns, "hello", &p.to_string(), "service = \"manual\""), &["has no selector", "cannot be intercepted"], &[]).await;
+    // No such workload.
+    fails(c, ns, &bare_project(ns, "nosuch", &p.to_string(), ""), &["named `nosuch`", "tpr list"], &[]).await;
+    // An invalid file: nothing happens.
+    fails(c, ns, &bare_project(ns, "hello", "http", "mechanism = \"udp\""), &["telepresence.toml:"], &[]).await;
+    // A dead cluster.
+    let dead = tempfile::tempdir().expect("tmp");
+    let kubeconfig = dead.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: dead\nclusters: [{name: dead, cluster: {server: \"https://127.0.0.1:1\"}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: dead, context: {cluster: dead, user: u}}]\n",
+    )?;
+    let kc = kubeconfig.display().to_string();
+    fails(c, ns, &bare_project(ns, "hello", &format!("{p}:http"), ""), &["cannot reach the cluster", "127.0.0.1:1"], &[("KUBECONFIG", &kc)]).await;
+    // An unknown context.
+    let unknown_context = bare_project(ns, "hello", &format!("{p}:http"), "")
+        .replace("[cluster]\n", "[cluster]\ncontext = \"nope\"\n");
+    fails(c, ns, &unknown_context, &["context `nope`"], &[]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn errors_name_the_problem_and_change_nothing() {
+    in_namespace!("up-err", errors);
+}
+
+#[tokio::test]
+async fn numeric_headless_statefulset_bare_replicaset_two_ports_two_services_sidecar() {
+    in_namespace!("up-shapes", (variants::shapes));
+}
+
+#[tokio::test]
+async fn env_from_env_configmap_secret_and_downward_api() {
+    in_namespace!("up-env", (env::env));
+}
+
+#[tokio::test]
+async fn a_file_edit_ends_only_the_intercept_that_left() {
+    in_namespace!("up-reconcile", (lifecycle::reconcile));
+}
+
+#[tokio::test]
+async fn a_restarted_agent_pod_is_reconnected_and_the_intercept_restored() {
+    in_namespace!("up-reconnect", (lifecycle::reconnect));
 }

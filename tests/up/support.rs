@@ -90,9 +90,30 @@ impl ProjectDir {
         cmd
     }
 
-    /// Runs `tpr ARGS` to completion.
+    /// Runs `tpr ARGS` to completion (killed after 3 minutes: a `tpr up`
+    /// that should have failed must not hang the test).
     pub fn tpr(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("tpr runs")
+        self.tpr_env(args, &[])
+    }
+
+    /// [`Self::tpr`] with extra environment variables.
+    pub fn tpr_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let inner = self.command(args);
+        let mut cmd = Command::new("timeout");
+        cmd.arg("180").arg(inner.get_program()).args(inner.get_args());
+        if let Some(dir) = inner.get_current_dir() {
+            cmd.current_dir(dir);
+        }
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).output().expect("tpr runs")
     }
 
     /// Starts `tpr up` with output to files in the project directory.
@@ -306,8 +327,13 @@ pub async fn deploy_hello(c: &Cluster, ns: &str) -> Result<()> {
 /// The `[[process]]` table running the local hello on `port`, answering
 /// "hello from local".
 pub fn local_hello(port: u16, env_from: &str) -> String {
+    local_hello_as(port, env_from, "local")
+}
+
+/// [`local_hello`] answering "hello from WHO".
+pub fn local_hello_as(port: u16, env_from: &str, who: &str) -> String {
     format!(
-        "[[process]]\nname = \"local\"\ncommand = [\"{}\", \"serve\"]\nenv_from = \"{env_from}\"\nenv = {{ PORT = \"{port}\", HELLO_WHO = \"local\" }}\nwatch = [\"src\"]\n",
+        "[[process]]\nname = \"local\"\ncommand = [\"{}\", \"serve\"]\nenv_from = \"{env_from}\"\nenv = {{ PORT = \"{port}\", HELLO_WHO = \"{who}\" }}\nwatch = [\"src\"]\n",
         hello_bin().display()
     )
 }

@@ -171,7 +171,7 @@ mod tests {
     use super::*;
 
     fn project(text: &str) -> Project {
-        let team = tpr_schema::SourceFile::new("telepresence.toml".into(), text.into());
+        let team = tpr_schema::SourceFile::new("telepresence.toml".to_string(), text.to_string());
         tpr_schema::parse(&team, None, Path::new("/p")).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
