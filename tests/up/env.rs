@@ -52,7 +52,8 @@ spec:
 
 pub async fn env(c: &Cluster, ns: &str) -> Result<()> {
     c.apply_yaml(YAML, Some(ns)).await?;
-    c.wait_deployment(ns, "hello", crate::support::READY).await?;
+    c.wait_deployment(ns, "hello", crate::support::READY)
+        .await?;
     let client = ClientPod::start(c, ns).await?;
     let port = free_port();
     let project = ProjectDir::new(&format!(
@@ -83,12 +84,15 @@ pub async fn env(c: &Cluster, ns: &str) -> Result<()> {
         let got = client
             .get(&format!("http://hello.{ns}/env?name={name}"), &[])
             .await;
-        let v: serde_json::Value = serde_json::from_str(got.trim())
-            .unwrap_or_else(|_| panic!("{name}: not JSON: {got}"));
+        let v: serde_json::Value =
+            serde_json::from_str(got.trim()).unwrap_or_else(|_| panic!("{name}: not JSON: {got}"));
         assert_eq!(v["value"], want.as_str(), "{name} in the local process");
     }
     for k in file.as_object().expect("object").keys() {
-        assert!(!k.starts_with("TPR_"), "agent setting {k} leaked into the env");
+        assert!(
+            !k.starts_with("TPR_"),
+            "agent setting {k} leaked into the env"
+        );
     }
     assert!(!up.stderr().contains("s3cr3t") && !up.stdout().contains("s3cr3t"));
     // tpr env prints the same on request.

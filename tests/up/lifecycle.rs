@@ -35,11 +35,16 @@ fn project(ns: &str, hello: u16, other: Option<u16>) -> String {
         "format_version = 1\n[cluster]\nnamespace = \"{ns}\"\n[[intercept]]\nworkload = \"hello\"\nport = \"{hello}:http\"\n"
     );
     if let Some(o) = other {
-        s.push_str(&format!("[[intercept]]\nworkload = \"other\"\nport = \"{o}:http\"\n"));
+        s.push_str(&format!(
+            "[[intercept]]\nworkload = \"other\"\nport = \"{o}:http\"\n"
+        ));
     }
     s.push_str(&local_hello_as(hello, "hello", "local-hello"));
     if let Some(o) = other {
-        s.push_str(&local_hello_as(o, "other", "local-other").replace("name = \"local\"", "name = \"other\""));
+        s.push_str(
+            &local_hello_as(o, "other", "local-other")
+                .replace("name = \"local\"", "name = \"other\""),
+        );
     }
     s
 }
@@ -47,7 +52,8 @@ fn project(ns: &str, hello: u16, other: Option<u16>) -> String {
 pub async fn reconcile(c: &Cluster, ns: &str) -> Result<()> {
     deploy_hello(c, ns).await?;
     c.apply_yaml(OTHER, Some(ns)).await?;
-    c.wait_deployment(ns, "other", crate::support::READY).await?;
+    c.wait_deployment(ns, "other", crate::support::READY)
+        .await?;
     let client = ClientPod::start(c, ns).await?;
     let (h, o) = (free_port(), free_port());
     let dir = ProjectDir::new(&project(ns, h, Some(o)));
@@ -57,12 +63,15 @@ pub async fn reconcile(c: &Cluster, ns: &str) -> Result<()> {
     let hello = format!("http://hello.{ns}/");
     let other = format!("http://other.{ns}/");
     for (url, who) in [(&hello, "local-hello"), (&other, "local-other")] {
-        let (b, _) = client.get_until(url, &[], who, Duration::from_secs(20)).await;
+        let (b, _) = client
+            .get_until(url, &[], who, Duration::from_secs(20))
+            .await;
         assert!(b.contains(who), "{url}: {b}");
     }
     // `other` leaves the file: only it ends, and its agent stays installed.
     dir.write(&project(ns, h, None));
-    up.wait_for("ended intercept other", Duration::from_secs(30)).await;
+    up.wait_for("ended intercept other", Duration::from_secs(30))
+        .await;
     let (b, _) = client
         .get_until(&other, &[], "hello from other-", Duration::from_secs(10))
         .await;
@@ -71,7 +80,10 @@ pub async fn reconcile(c: &Cluster, ns: &str) -> Result<()> {
     let api = kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(c.client.clone(), ns);
     let d = api.get("other").await?;
     let containers = d.spec.unwrap().template.spec.unwrap().containers;
-    assert!(containers.iter().any(|c| c.name == "tpr-agent"), "the agent of `other` was removed");
+    assert!(
+        containers.iter().any(|c| c.name == "tpr-agent"),
+        "the agent of `other` was removed"
+    );
     Ok(())
 }
 
@@ -83,17 +95,25 @@ pub async fn reconnect(c: &Cluster, ns: &str) -> Result<()> {
     let mut up = dir.up(&[]);
     up.wait_for(ACTIVE, UP).await;
     let url = format!("http://hello.{ns}/");
-    let (b, _) = client.get_until(&url, &[], "local-hello", Duration::from_secs(20)).await;
+    let (b, _) = client
+        .get_until(&url, &[], "local-hello", Duration::from_secs(20))
+        .await;
     assert!(b.contains("local-hello"), "{b}");
     // The agent's pod goes away; the Deployment makes a new one.
     let pods = Api::<Pod>::namespaced(c.client.clone(), ns);
     for p in c.ready_pods(ns, "app=hello").await? {
-        pods.delete(&p.metadata.name.unwrap_or_default(), &DeleteParams::default())
-            .await?;
+        pods.delete(
+            &p.metadata.name.unwrap_or_default(),
+            &DeleteParams::default(),
+        )
+        .await?;
     }
-    up.wait_for("lost connection to agent in pod", Duration::from_secs(30)).await;
+    up.wait_for("lost connection to agent in pod", Duration::from_secs(30))
+        .await;
     up.wait_for("restored", UP).await;
-    let (b, _) = client.get_until(&url, &[], "local-hello", Duration::from_secs(20)).await;
+    let (b, _) = client
+        .get_until(&url, &[], "local-hello", Duration::from_secs(20))
+        .await;
     assert!(b.contains("local-hello"), "{b}\n{}", up.stderr());
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod env;
 mod lifecycle;
+mod rbac;
 mod support;
 mod variants;
 
@@ -38,7 +39,7 @@ fn hello_project(ns: &str, port: u16, extra: &str) -> String {
     )
 }
 
-fn text(out: &std::process::Output) -> String {
+pub(crate) fn text(out: &std::process::Output) -> String {
     format!(
         "status {}\n--- stdout\n{}--- stderr\n{}",
         out.status,
@@ -151,11 +152,21 @@ async fn http_personal(c: &Cluster, ns: &str) -> Result<()> {
         up_a.stdout()
     );
     let (a, _) = client
-        .get_until(&url, &[&header(&alice)], "hello from alice", Duration::from_secs(20))
+        .get_until(
+            &url,
+            &[&header(&alice)],
+            "hello from alice",
+            Duration::from_secs(20),
+        )
         .await;
     assert!(a.contains("hello from alice"), "{a}\n{}", up_a.stderr());
     let (b, _) = client
-        .get_until(&url, &[&header(&bob)], "hello from bob", Duration::from_secs(20))
+        .get_until(
+            &url,
+            &[&header(&bob)],
+            "hello from bob",
+            Duration::from_secs(20),
+        )
         .await;
     assert!(b.contains("hello from bob"), "{b}\n{}", up_b.stderr());
     // Unmatched traffic is the app's.
@@ -167,10 +178,20 @@ async fn http_personal(c: &Cluster, ns: &str) -> Result<()> {
     let leave = alice.tpr(&["leave", "hello"]);
     assert!(leave.status.success(), "{}", text(&leave));
     let (a, _) = client
-        .get_until(&url, &[&header(&alice)], "hello from hello-", Duration::from_secs(10))
+        .get_until(
+            &url,
+            &[&header(&alice)],
+            "hello from hello-",
+            Duration::from_secs(10),
+        )
         .await;
     assert!(a.contains("hello from hello-"), "{a}");
-    assert!(client.get(&url, &[&header(&bob)]).await.contains("hello from bob"));
+    assert!(
+        client
+            .get(&url, &[&header(&bob)])
+            .await
+            .contains("hello from bob")
+    );
     drop(up_a);
     drop(up_b);
     Ok(())
@@ -197,15 +218,26 @@ async fn sigkill(c: &Cluster, ns: &str) -> Result<()> {
         .get_until(&url, &[], "hello from hello-", Duration::from_secs(10))
         .await;
     assert!(body.contains("hello from hello-"), "{body}");
-    assert!(took <= Duration::from_secs(3), "traffic came back after {took:?}");
+    assert!(
+        took <= Duration::from_secs(3),
+        "traffic came back after {took:?}"
+    );
     // down after the crash cleans the state and confirms with the agent.
     let down = project.tpr(&["down"]);
     assert!(down.status.success(), "{}", text(&down));
-    assert!(String::from_utf8_lossy(&down.stdout).contains("ended intercept hello"), "{}", text(&down));
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("ended intercept hello"),
+        "{}",
+        text(&down)
+    );
     // A new tpr up starts cleanly (the agent is already installed).
     let mut again = project.up(&[]);
     again.wait_for(ACTIVE, UP).await;
-    assert!(!again.stderr().contains("installed the traffic agent"), "{}", again.stderr());
+    assert!(
+        !again.stderr().contains("installed the traffic agent"),
+        "{}",
+        again.stderr()
+    );
     Ok(())
 }
 
@@ -214,7 +246,7 @@ async fn sigkilled_up_gives_traffic_back_within_3_seconds() {
     in_namespace!("up-kill", sigkill);
 }
 
-async fn template_json(c: &Cluster, ns: &str, name: &str) -> Result<serde_json::Value> {
+pub(crate) async fn template_json(c: &Cluster, ns: &str, name: &str) -> Result<serde_json::Value> {
     let api = kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(c.client.clone(), ns);
     let d = api.get(name).await?;
     Ok(serde_json::to_value(d.spec.expect("spec").template).expect("json"))
@@ -223,7 +255,12 @@ async fn template_json(c: &Cluster, ns: &str, name: &str) -> Result<serde_json::
 async fn uninstall(c: &Cluster, ns: &str) -> Result<()> {
     deploy_hello(c, ns).await?;
     let original = template_json(c, ns, "hello").await?;
-    let project = ProjectDir::new(&bare_project(ns, "hello", &format!("{}:http", free_port()), ""));
+    let project = ProjectDir::new(&bare_project(
+        ns,
+        "hello",
+        &format!("{}:http", free_port()),
+        "",
+    ));
     let once = project.tpr(&["up", "--once"]);
     assert!(once.status.success(), "{}", text(&once));
     let installed = template_json(c, ns, "hello").await?;
@@ -232,7 +269,11 @@ async fn uninstall(c: &Cluster, ns: &str) -> Result<()> {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(template_json(c, ns, "hello").await?, original);
     let again = project.tpr(&["uninstall", "hello"]);
-    assert!(String::from_utf8_lossy(&again.stdout).contains("not installed"), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("not installed"),
+        "{}",
+        text(&again)
+    );
     Ok(())
 }
 
@@ -243,7 +284,7 @@ async fn uninstall_restores_the_template_exactly() {
 
 /// A project with one intercept and no process (`tpr up --once` then ends
 /// right after the intercept is made).
-fn bare_project(ns: &str, workload: &str, port: &str, extra: &str) -> String {
+pub(crate) fn bare_project(ns: &str, workload: &str, port: &str, extra: &str) -> String {
     format!(
         "format_version = 1\n[cluster]\nnamespace = \"{ns}\"\n[[intercept]]\nworkload = \"{workload}\"\nport = \"{port}\"\n{extra}\n"
     )
@@ -296,7 +337,11 @@ async fn fails(c: &Cluster, ns: &str, toml: &str, expected: &[&str], env: &[(&st
     for e in expected {
         assert!(all.contains(e), "expected {e:?} in\n{all}");
     }
-    assert_eq!(template_json(c, ns, "hello").await.ok(), before, "the workload changed");
+    assert_eq!(
+        template_json(c, ns, "hello").await.ok(),
+        before,
+        "the workload changed"
+    );
 }
 
 async fn errors(c: &Cluster, ns: &str) -> Result<()> {
@@ -304,15 +349,50 @@ async fn errors(c: &Cluster, ns: &str) -> Result<()> {
     c.apply_yaml(ERRORS_YAML, Some(ns)).await?;
     let p = free_port();
     // Two Services select hello and the file names none.
-    fails(c, ns, &bare_project(ns, "hello", &p.to_string(), ""), &["several Services select", "hello, hello-2", "set `service`"], &[]).await;
+    fails(
+        c,
+        ns,
+        &bare_project(ns, "hello", &p.to_string(), ""),
+        &["several Services select", "hello, hello-2", "set `service`"],
+        &[],
+    )
+    .await;
     // A Service with two ports and no port in the file.
-    fails(c, ns, &bare_project(ns, "multi", &p.to_string(), ""), &["admin/9090", "http/80"], &[]).await;
+    fails(
+        c,
+        ns,
+        &bare_project(ns, "multi", &p.to_string(), ""),
+        &["admin/9090", "http/80"],
+        &[],
+    )
+    .await;
     // A Service without a selector.
-    fails(c, ns, &bare_project(ns, "hello", &p.to_string(), "service = \"manual\""), &["has no selector", "cannot be intercepted"], &[]).await;
+    fails(
+        c,
+        ns,
+        &bare_project(ns, "hello", &p.to_string(), "service = \"manual\""),
+        &["has no selector", "cannot be intercepted"],
+        &[],
+    )
+    .await;
     // No such workload.
-    fails(c, ns, &bare_project(ns, "nosuch", &p.to_string(), ""), &["named `nosuch`", "tpr list"], &[]).await;
+    fails(
+        c,
+        ns,
+        &bare_project(ns, "nosuch", &p.to_string(), ""),
+        &["named `nosuch`", "tpr list"],
+        &[],
+    )
+    .await;
     // An invalid file: nothing happens.
-    fails(c, ns, &bare_project(ns, "hello", "http", "mechanism = \"udp\""), &["telepresence.toml:"], &[]).await;
+    fails(
+        c,
+        ns,
+        &bare_project(ns, "hello", "http", "mechanism = \"udp\""),
+        &["telepresence.toml:"],
+        &[],
+    )
+    .await;
     // A dead cluster.
     let dead = tempfile::tempdir().expect("tmp");
     let kubeconfig = dead.path().join("config");
@@ -321,7 +401,14 @@ async fn errors(c: &Cluster, ns: &str) -> Result<()> {
         "apiVersion: v1\nkind: Config\ncurrent-context: dead\nclusters: [{name: dead, cluster: {server: \"https://127.0.0.1:1\"}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: dead, context: {cluster: dead, user: u}}]\n",
     )?;
     let kc = kubeconfig.display().to_string();
-    fails(c, ns, &bare_project(ns, "hello", &format!("{p}:http"), ""), &["cannot reach the cluster", "127.0.0.1:1"], &[("KUBECONFIG", &kc)]).await;
+    fails(
+        c,
+        ns,
+        &bare_project(ns, "hello", &format!("{p}:http"), ""),
+        &["cannot reach the cluster", "127.0.0.1:1"],
+        &[("KUBECONFIG", &kc)],
+    )
+    .await;
     // An unknown context.
     let unknown_context = bare_project(ns, "hello", &format!("{p}:http"), "")
         .replace("[cluster]\n", "[cluster]\ncontext = \"nope\"\n");
@@ -352,4 +439,9 @@ async fn a_file_edit_ends_only_the_intercept_that_left() {
 #[tokio::test]
 async fn a_restarted_agent_pod_is_reconnected_and_the_intercept_restored() {
     in_namespace!("up-reconnect", (lifecycle::reconnect));
+}
+
+#[tokio::test]
+async fn forbidden_requests_name_the_missing_right_and_change_nothing() {
+    in_namespace!("up-rbac", (rbac::forbidden));
 }

@@ -100,7 +100,9 @@ impl ProjectDir {
     pub fn tpr_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let inner = self.command(args);
         let mut cmd = Command::new("timeout");
-        cmd.arg("180").arg(inner.get_program()).args(inner.get_args());
+        cmd.arg("180")
+            .arg(inner.get_program())
+            .args(inner.get_args());
         if let Some(dir) = inner.get_current_dir() {
             cmd.current_dir(dir);
         }
@@ -156,10 +158,6 @@ impl Up {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
     /// Waits until stdout or stderr contains `text`; panics with both

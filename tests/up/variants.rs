@@ -149,7 +149,12 @@ pub async fn shapes(c: &Cluster, ns: &str) -> Result<()> {
          [[intercept]]\nworkload = \"two\"\nport = [\"{}:http\", \"{}:81\"]\nto_pod = [{side}]\n\
          [[intercept]]\nworkload = \"dual\"\nservice = \"dual-b\"\nport = \"{}\"\n\
          {}{}{}{}{}{}",
-        p[0], p[1], p[2], p[3], p[4], p[5],
+        p[0],
+        p[1],
+        p[2],
+        p[3],
+        p[4],
+        p[5],
         process("numeric", p[0], &numeric_name),
         process("web", p[1], "web"),
         process("bare", p[2], "bare"),
@@ -160,7 +165,8 @@ pub async fn shapes(c: &Cluster, ns: &str) -> Result<()> {
     let project = ProjectDir::new(&toml);
     let mut up = project.up(&[]);
     for name in [numeric_name.as_str(), "web", "bare", "two", "dual"] {
-        up.wait_for(&format!("Intercept name         : {name}\n"), UP).await;
+        up.wait_for(&format!("Intercept name         : {name}\n"), UP)
+            .await;
     }
     up.wait_for(ACTIVE, UP).await;
     let out = up.stdout();
@@ -176,9 +182,18 @@ pub async fn shapes(c: &Cluster, ns: &str) -> Result<()> {
         (format!("http://dual-b.{ns}/"), "local-dual"),
     ] {
         let (body, _) = client
-            .get_until(&url, &[], &format!("hello from {who}"), Duration::from_secs(20))
+            .get_until(
+                &url,
+                &[],
+                &format!("hello from {who}"),
+                Duration::from_secs(20),
+            )
             .await;
-        assert!(body.contains(&format!("hello from {who}")), "{url}: {body}\n{}", up.stderr());
+        assert!(
+            body.contains(&format!("hello from {who}")),
+            "{url}: {body}\n{}",
+            up.stderr()
+        );
     }
     // to_pod: the sidecar's port in the pod is reachable here.
     let body = reqwest_get(&format!("127.0.0.1:{side}")).await;
