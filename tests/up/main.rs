@@ -78,7 +78,8 @@ async fn tcp_deployment(c: &Cluster, ns: &str) -> Result<()> {
     let env = client
         .get(&format!("http://hello.{ns}/env?name=HELLO_ENV"), &[])
         .await;
-    assert!(env.contains("\"value\":\"cluster\""), "{env}");
+    let v: serde_json::Value = serde_json::from_str(env.trim()).unwrap_or_default();
+    assert_eq!(v["value"], "cluster", "{env}");
     let file = project.path().join(".env.hello");
     let content = std::fs::read_to_string(&file).expect("env file");
     assert!(content.contains("HELLO_ENV='cluster'"), "{content}");

@@ -17,10 +17,13 @@ pub const HELLO_IMAGE: &str = "hello:0.1.0";
 pub const READY: Duration = Duration::from_secs(120);
 
 /// The `tpr` binary of this workspace, built once per test run (so the
-/// tests never run a stale one).
+/// tests never run a stale one); `$TPR_BIN` names another.
 pub fn tpr_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("TPR_BIN") {
+            return PathBuf::from(bin);
+        }
         let status = Command::new(env!("CARGO"))
             .args(["build", "-q", "-p", "tpr", "--bin", "tpr"])
             .current_dir(repo_root())
@@ -59,7 +62,8 @@ pub struct ProjectDir {
 impl ProjectDir {
     pub fn new(toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
-        std::fs::write(dir.path().join("telepresence.toml"), toml).expect("write the file");
+        std::fs::write(dir.path().join("telepresence.toml"), with_agent_image(toml))
+            .expect("write the file");
         // What the local process watches: quiet, unlike the directory itself.
         std::fs::create_dir(dir.path().join("src")).expect("src dir");
         ProjectDir {
@@ -73,7 +77,11 @@ impl ProjectDir {
     }
 
     pub fn write(&self, toml: &str) {
-        std::fs::write(self.path().join("telepresence.toml"), toml).expect("write the file");
+        std::fs::write(
+            self.path().join("telepresence.toml"),
+            with_agent_image(toml),
+        )
+        .expect("write the file");
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -136,6 +144,18 @@ impl ProjectDir {
             out,
             err,
         }
+    }
+}
+
+/// `$TPR_E2E_AGENT_IMAGE`, when set, names the agent image in every test
+/// project (e.g. an image under test imported with its own tag); else the
+/// default `tpr-agent:<version>` that tests/cluster/load-images imports.
+fn with_agent_image(toml: &str) -> String {
+    match std::env::var("TPR_E2E_AGENT_IMAGE") {
+        Ok(image) if !image.is_empty() && toml.contains("format_version") => {
+            format!("{toml}\n[agent]\nimage = \"{image}\"\n")
+        }
+        _ => toml.to_owned(),
     }
 }
 

@@ -59,6 +59,7 @@ async fn down(paths: &StatePaths, state: State) -> Result<(), UpError> {
         for i in &state.intercepts {
             println!("ended intercept {}", i.name);
         }
+        println!("tpr up (pid {}) stopped", state.pid);
         paths.remove();
         return Ok(());
     }

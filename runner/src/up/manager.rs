@@ -434,7 +434,13 @@ impl Manager {
                 Some(Err(e)) => {
                     let since = link.lost_since.map(|t| t.elapsed().as_secs()).unwrap_or(0);
                     if since % 5 == 0 {
-                        eprintln!("tpr: still reconnecting ({since} s): {e}");
+                        match e {
+                            UpError::K8s(k8s::K8sError::NoAgentPod { .. }) => eprintln!(
+                                "tpr: waiting for a ready agent pod of {} ({since} s)",
+                                link.workload.display()
+                            ),
+                            e => eprintln!("tpr: still reconnecting ({since} s): {e}"),
+                        }
                     }
                 }
             }

@@ -131,7 +131,8 @@ pub fn intercepting(intercept: &Intercept, install_id: &str) -> String {
     let mut out = "HTTP requests that match all of:".to_owned();
     for m in header_matches(intercept, install_id) {
         let (name, pattern) = match m {
-            HeaderMatch::Exact { name, value } => (name, regex::escape(&value)),
+            // `-` needs no escape outside a class: keep ids readable.
+            HeaderMatch::Exact { name, value } => (name, regex::escape(&value).replace("\\-", "-")),
             HeaderMatch::Regex { name, pattern } => (name, pattern),
         };
         let _ = write!(out, "\n      header(\"{name}\") ~= regexp(\"{pattern}\")");
