@@ -188,4 +188,3 @@ func fetch(client *http.Client, url string, headers []string) ([]byte, error) {
 	}
 	return body, nil
 }
-

@@ -35,7 +35,7 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_DIR/Cargo.toml" | head -n1)
 say() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
 
-k() { "$BIN/k8s" kubectl --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+k() { "$BIN/k8s" kubectl --kubeconfig "$KUBECONFIG_PATH" --request-timeout=10s "$@"; }
 ctr_() { ctr --address "$CONTAINERD_SOCK" "$@"; }
 
 # wait_for DESCRIPTION TIMEOUT_SECONDS COMMAND...: polls COMMAND every
@@ -60,8 +60,22 @@ wait_for() {
 start() {
 	local name=$1
 	shift
-	setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+	# 9>&-: the component must not inherit (and so hold forever) the lock.
+	setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
 	echo $! >"$PIDS/$name"
 }
 
 running() { [[ -f $PIDS/$1 ]] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null; }
+
+# lock: one up/down at a time on this machine (helpers and CI may share it).
+# A script run by one that holds the lock (up -> down) does not wait again.
+lock() {
+	[[ -n ${TPR_CLUSTER_LOCKED:-} ]] && return 0
+	mkdir -p "$CACHE"
+	exec 9>"$CACHE/.lock"
+	if ! flock -n 9; then
+		say "another tests/cluster/up or down is running; waiting for it"
+		flock 9
+	fi
+	export TPR_CLUSTER_LOCKED=1
+}
