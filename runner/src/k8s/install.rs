@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::resolve::get_workload;
+use super::resolve::{Resolved, get_workload};
 use super::rollout::{RolloutOptions, replace_stale_pods, roll_out, write};
 use super::template::{AgentPort, AgentSpec, PortRequest, covers, merge_ports, patch_template};
 use super::{
@@ -64,6 +64,13 @@ pub async fn install(
     let original = before.original_template()?;
     let existing = before.agent_ports()?;
     let ports = merge_ports(&original, &existing, requests, spec.grpc_port);
+    if ports.is_empty() {
+        return Ok(InstallOutcome {
+            workload: before.display(),
+            changed: false,
+            ports,
+        });
+    }
     let desired = patch_template(&original, spec, &ports, &before.display())?;
     let desired_json = serde_json::to_value(&desired).expect("a pod template serializes");
     let outcome = |changed| InstallOutcome {
@@ -103,6 +110,34 @@ pub async fn install(
             Err(e.into_error(before.display(), rollback))
         }
     }
+}
+
+/// Installs the agent for every resolved intercept, one install per
+/// workload with all of its ports, in the order the workloads first appear.
+pub async fn install_resolved(
+    cluster: &Cluster,
+    resolved: &[Resolved],
+    spec: &AgentSpec,
+    opts: &RolloutOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<InstallOutcome>, K8sError> {
+    let mut groups: Vec<(&Workload, Vec<PortRequest>)> = Vec::new();
+    for r in resolved {
+        let same = |w: &Workload| {
+            w.kind() == r.workload.kind()
+                && w.name() == r.workload.name()
+                && w.metadata().namespace == r.workload.metadata().namespace
+        };
+        match groups.iter_mut().find(|(w, _)| same(w)) {
+            Some((_, reqs)) => reqs.push(r.port_request()),
+            None => groups.push((&r.workload, vec![r.port_request()])),
+        }
+    }
+    let mut out = Vec::new();
+    for (w, reqs) in groups {
+        out.push(install(cluster, w, &reqs, spec, opts, progress).await?);
+    }
+    Ok(out)
 }
 
 /// Writes back the template and annotations `before` had, then replaces

@@ -23,12 +23,16 @@ pub use agent_pod::{
 };
 pub use cluster::{Cluster, ClusterOptions};
 pub use error::{K8sError, Rollback};
-pub use install::{InstallOutcome, UninstallOutcome, install, uninstall, uninstall_all};
-pub use list::{Interceptable, WorkloadSummary, list};
+pub use install::{
+    InstallOutcome, UninstallOutcome, install, install_resolved, uninstall, uninstall_all,
+};
+pub use list::{Interceptable, WorkloadSummary, list, summarize, workloads};
 pub use progress::{Progress, spinner};
-pub use resolve::{InterceptTarget, PortId, Resolved, ServicePortRef, resolve, resolve_in};
+pub use resolve::{
+    InterceptTarget, PortId, Resolved, ServicePortRef, get_workload, resolve, resolve_in, selects,
+};
 pub use rollout::{PodProblem, RolloutOptions, diagnose_pod};
-pub use template::{AgentPort, AgentSpec, PortMode, patch_template};
+pub use template::{AgentPort, AgentSpec, PortMode, PortRequest, merge_ports, patch_template};
 pub use workload::{Workload, WorkloadKind};
 
 /// Annotation on the workload: the pod template (JSON) before the first install.

@@ -281,7 +281,7 @@ pub(crate) async fn roll_out(
             w.replicas()
         );
         progress.message(&last);
-        if let Some(msg) = state.failed {
+        if let Some(msg) = state.failed.filter(|_| observed) {
             return Err(RolloutError::Failed(msg));
         }
         // Before the controller has seen the template, the "new" pods may
