@@ -48,10 +48,7 @@ fn missing_agent() -> AgentSpec {
 }
 
 async fn workload(cluster: &Cluster, ns: &str, name: &str) -> Workload {
-    k8s::resolve(cluster, &target(ns, name, None, None))
-        .await
-        .map(|r| r.workload)
-        .unwrap_or_else(|e| panic!("{e}"))
+    k8s::get_workload(cluster, WorkloadKind::Deployment, ns, name).await.unwrap().expect("the deployment")
 }
 
 fn template_of(obj: &serde_json::Value) -> serde_json::Value {
