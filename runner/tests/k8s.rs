@@ -48,7 +48,10 @@ fn missing_agent() -> AgentSpec {
 }
 
 async fn workload(cluster: &Cluster, ns: &str, name: &str) -> Workload {
-    k8s::get_workload(cluster, WorkloadKind::Deployment, ns, name).await.unwrap().expect("the deployment")
+    k8s::get_workload(cluster, WorkloadKind::Deployment, ns, name)
+        .await
+        .unwrap()
+        .expect("the deployment")
 }
 
 fn template_of(obj: &serde_json::Value) -> serde_json::Value {

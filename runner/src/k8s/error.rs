@@ -79,10 +79,10 @@ pub enum K8sError {
         "forbidden: tpr needs `{verb}` on `{resource}` in namespace `{namespace}`; an admin can grant it with `kubectl -n {namespace} create role tpr-{verb} --verb={verb} --resource={resource}` and a RoleBinding to your user, or with the Role in docs/rbac.yaml (API server: {message})"
     )]
     Forbidden {
-        /// The verb of the refused request (get, list, update, delete, create).
-        verb: &'static str,
+        /// The verb RBAC refused (get, list, update, delete, create).
+        verb: String,
         /// The resource, with its API group (`deployments.apps`, `pods/portforward`).
-        resource: &'static str,
+        resource: String,
         /// The namespace of the request.
         namespace: String,
         /// The API server's own message.
@@ -378,12 +378,19 @@ impl Request<'_> {
 
     pub(crate) fn error(&self, err: kube::Error) -> K8sError {
         match err {
-            kube::Error::Api(status) if status.code == 403 => K8sError::Forbidden {
-                verb: self.verb,
-                resource: self.resource,
-                namespace: self.namespace.to_string(),
-                message: status.message.clone(),
-            },
+            kube::Error::Api(status) if status.code == 403 => {
+                // The API server says which verb and resource it checked
+                // (a WebSocket port-forward is checked as `get`, not
+                // `create`); fall back to the request's own.
+                let (verb, resource) = refused(&status.message)
+                    .unwrap_or_else(|| (self.verb.to_string(), self.resource.to_string()));
+                K8sError::Forbidden {
+                    verb,
+                    resource,
+                    namespace: self.namespace.to_string(),
+                    message: status.message.clone(),
+                }
+            }
             kube::Error::Api(status) => K8sError::Api {
                 verb: self.verb,
                 resource: self.resource,
@@ -402,6 +409,28 @@ impl Request<'_> {
             },
         }
     }
+}
+
+/// The verb and resource of an RBAC refusal, from the API server's message:
+/// `... cannot get resource "pods/portforward" in API group "" in the namespace ...`.
+fn refused(message: &str) -> Option<(String, String)> {
+    let rest = &message[message.find(" cannot ")? + 8..];
+    let (verb, rest) = rest.split_once(' ')?;
+    let rest = rest.strip_prefix("resource \"")?;
+    let (resource, rest) = rest.split_once('"')?;
+    let group = rest
+        .strip_prefix(" in API group \"")
+        .and_then(|g| g.split_once('"'))
+        .map(|(g, _)| g)
+        .unwrap_or("");
+    let resource = match group {
+        "" => resource.to_string(),
+        g => match resource.split_once('/') {
+            Some((r, sub)) => format!("{r}.{g}/{sub}"),
+            None => format!("{resource}.{g}"),
+        },
+    };
+    Some((verb.to_string(), resource))
 }
 
 /// An error and its causes on one line, without repeating a cause that the
@@ -470,6 +499,27 @@ mod tests {
             req().error(status(409)),
             K8sError::Api { code: 409, .. }
         ));
+    }
+
+    #[test]
+    fn forbidden_takes_verb_and_resource_from_the_server() {
+        let e = kube::Error::Api(Box::new(kube::core::Status {
+            code: 403,
+            message: "pods \"p\" is forbidden: User \"system:serviceaccount:n:dev\" cannot get resource \"pods/portforward\" in API group \"\" in the namespace \"n\"".into(),
+            ..Default::default()
+        }));
+        let K8sError::Forbidden { verb, resource, .. } = req().error(e) else {
+            panic!()
+        };
+        assert_eq!(
+            (verb.as_str(), resource.as_str()),
+            ("get", "pods/portforward")
+        );
+        let msg = "deployments.apps \"a\" is forbidden: User \"u\" cannot update resource \"deployments\" in API group \"apps\" in the namespace \"n\"";
+        assert_eq!(
+            refused(msg),
+            Some(("update".into(), "deployments.apps".into()))
+        );
     }
 
     #[test]

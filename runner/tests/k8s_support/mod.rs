@@ -78,10 +78,18 @@ impl Drop for TestNs {
         // Drop cannot await, and the test's client is bound to the test's
         // runtime (blocked here): a thread with its own runtime and client.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
-                let opts = ClusterOptions { kubeconfig: Some(kubeconfig()), ..Default::default() };
-                let Ok(cluster) = Cluster::connect(&opts).await else { return };
+                let opts = ClusterOptions {
+                    kubeconfig: Some(kubeconfig()),
+                    ..Default::default()
+                };
+                let Ok(cluster) = Cluster::connect(&opts).await else {
+                    return;
+                };
                 let api: Api<Namespace> = Api::all(cluster.client().clone());
                 let _ = api.delete(&name, &DeleteParams::background()).await;
             })
