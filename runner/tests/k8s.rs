@@ -721,9 +721,15 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
         "{msg}"
     );
     let after = get_json(&c, n, "apps/v1", "Deployment", "app").await;
-    assert_eq!(after["metadata"]["generation"], before["metadata"]["generation"], "nothing changed");
+    assert_eq!(
+        after["metadata"]["generation"], before["metadata"]["generation"],
+        "nothing changed"
+    );
     assert_eq!(template_of(&after), template_of(&before));
-    assert_eq!(after["metadata"]["annotations"], before["metadata"]["annotations"]);
+    assert_eq!(
+        after["metadata"]["annotations"],
+        before["metadata"]["annotations"]
+    );
 
     // The full Role can do everything tpr does: resolve, list, write the
     // template, watch pods, roll back, port-forward, uninstall.

@@ -1,5 +1,6 @@
-//! Installing the real agent image (`tpr-agent:<version>`, loaded by
-//! tests/cluster/load-images) and reaching it, on the test cluster.
+//! Installing the real agent image and reaching it, on the test cluster.
+//! The image is `tpr-agent:<version>` (loaded by tests/cluster/load-images),
+//! or `TPR_TEST_AGENT_IMAGE` to try another build.
 
 mod k8s_support;
 
@@ -29,6 +30,16 @@ fn opts() -> RolloutOptions {
 }
 
 fn quiet(_: &str) {}
+
+fn agent_spec() -> AgentSpec {
+    match std::env::var("TPR_TEST_AGENT_IMAGE") {
+        Ok(image) => AgentSpec {
+            image,
+            ..Default::default()
+        },
+        Err(_) => AgentSpec::default(),
+    }
+}
 
 /// GET /healthz through a port-forward to `pod:port`.
 async fn healthz(c: &Cluster, ns: &str, pod: &str, port: u16) -> String {
@@ -61,7 +72,7 @@ async fn install(c: &Cluster, ns: &str, name: &str) -> k8s::InstallOutcome {
         c,
         &r.workload,
         &[r.port_request()],
-        &AgentSpec::default(),
+        &agent_spec(),
         &opts(),
         &progress,
     )
