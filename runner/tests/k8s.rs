@@ -822,3 +822,78 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn unschedulable_agent_is_reported() {
+    let c = admin().await;
+    let ns = TestNs::new(&c, "unsched").await;
+    let n = ns.name.as_str();
+    create(&c, n, deployment("app", 1)).await;
+    create(
+        &c,
+        n,
+        service("app", "app", json!([{"port": 80, "targetPort": "http"}])),
+    )
+    .await;
+    wait_ready(&c, n, "app=app", 1).await;
+    let huge: k8s_openapi::api::core::v1::ResourceRequirements =
+        serde_json::from_value(json!({"requests": {"cpu": "1000"}})).unwrap();
+    let spec = AgentSpec {
+        resources: Some(huge),
+        ..missing_agent()
+    };
+    let r = k8s::resolve(&c, &target(n, "app", None, None))
+        .await
+        .unwrap();
+    let err = k8s::install(&c, &r.workload, &[r.port_request()], &spec, &opts(), &quiet)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Unschedulable: 0/1 nodes are available") && msg.contains("Insufficient cpu"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn slow_rollout_times_out_and_rolls_back() {
+    let c = admin().await;
+    let ns = TestNs::new(&c, "timeout").await;
+    let n = ns.name.as_str();
+    create(&c, n, deployment("app", 1)).await;
+    create(
+        &c,
+        n,
+        service("app", "app", json!([{"port": 80, "targetPort": "http"}])),
+    )
+    .await;
+    wait_ready(&c, n, "app=app", 1).await;
+    let before = get_json(&c, n, "apps/v1", "Deployment", "app").await;
+    // No pod starts within 300 ms.
+    let hurried = RolloutOptions {
+        timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let r = k8s::resolve(&c, &target(n, "app", None, None))
+        .await
+        .unwrap();
+    let err = k8s::install(
+        &c,
+        &r.workload,
+        &[r.port_request()],
+        &AgentSpec::default(),
+        &hurried,
+        &quiet,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, K8sError::RolloutTimeout { .. }), "{msg}");
+    assert!(msg.starts_with("rollout of deployment/app did not finish in 300ms (last state: rolling out deployment/app: "), "{msg}");
+    assert!(
+        msg.ends_with("the previous pod template was restored"),
+        "{msg}"
+    );
+    let after = get_json(&c, n, "apps/v1", "Deployment", "app").await;
+    assert_eq!(template_of(&after), template_of(&before));
+}

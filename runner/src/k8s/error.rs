@@ -297,7 +297,7 @@ pub enum K8sError {
     },
 
     /// The rollout did not finish in time.
-    #[error("rollout of {workload} did not finish in {}s (last state: {last}); {rollback}", waited.as_secs())]
+    #[error("rollout of {workload} did not finish in {waited:?} (last state: {last}); {rollback}")]
     RolloutTimeout {
         /// `kind/name` of the workload.
         workload: String,
