@@ -897,3 +897,40 @@ async fn slow_rollout_times_out_and_rolls_back() {
     let after = get_json(&c, n, "apps/v1", "Deployment", "app").await;
     assert_eq!(template_of(&after), template_of(&before));
 }
+
+#[tokio::test]
+async fn failing_init_container_is_reported_with_its_output() {
+    let c = admin().await;
+    let ns = TestNs::new(&c, "init").await;
+    let n = ns.name.as_str();
+    create(&c, n, deployment("app", 1)).await;
+    create(
+        &c,
+        n,
+        service("app", "app", json!([{"port": 80, "targetPort": 8080}])),
+    )
+    .await;
+    wait_ready(&c, n, "app=app", 1).await;
+    // The hello image has no `init` command: the init step fails with
+    // hello's own message, which the error carries.
+    let spec = AgentSpec {
+        image: "hello:0.1.0".into(),
+        pull_policy: "Never".into(),
+        ..Default::default()
+    };
+    let r = k8s::resolve(&c, &target(n, "app", None, None))
+        .await
+        .unwrap();
+    let err = k8s::install(&c, &r.workload, &[r.port_request()], &spec, &opts(), &quiet)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("container tpr-agent-init: Error: init container exited with code 1"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("unknown command") && msg.contains("init"),
+        "{msg}"
+    );
+}
