@@ -310,6 +310,12 @@ async fn install_then_uninstall_restores_the_template_exactly() {
     )
     .await
     .unwrap();
+    let e = k8s::find_agent_pod(&c, &r.workload).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("(the agent is not installed); run `tpr up`"),
+        "{e}"
+    );
     let out = k8s::install(
         &c,
         &r.workload,
@@ -346,6 +352,13 @@ async fn install_then_uninstall_restores_the_template_exactly() {
     )
     .unwrap();
     assert_eq!(recorded, template_of(&before));
+
+    let e = k8s::find_agent_pod(&c, &r.workload).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("(0 pods, none ready with the current agent)"),
+        "{e}"
+    );
 
     // Again with the same port: nothing changes.
     let w = workload(&c, n, "app").await;
