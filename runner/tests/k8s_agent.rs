@@ -144,6 +144,16 @@ async fn deployment_with_named_port_runs_the_agent() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
 
+    // The agent's pod goes away: a new one is found and reached.
+    let pods: kube::Api<Pod> = kube::Api::namespaced(c.client().clone(), n);
+    pods.delete(&agent.name, &Default::default()).await.unwrap();
+    let again = k8s::wait_for_agent_pod(&c, &w, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_ne!(again.name, agent.name);
+    let reply = healthz(&c, n, &again.name, 9901).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
     // Uninstall: the template as it was, pods without the agent.
     assert!(
         k8s::uninstall(&c, n, "app", None, &opts(), &quiet)

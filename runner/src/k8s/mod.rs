@@ -42,6 +42,7 @@ mod workload;
 
 pub use agent_pod::{
     AgentPod, PortForwardConnector, PortForwardStream, agent_channel, find_agent_pod, port_forward,
+    wait_for_agent_pod,
 };
 pub use cluster::{Cluster, ClusterOptions};
 pub use diagnose::{PodProblem, diagnose_pod};
