@@ -803,37 +803,41 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
             .len(),
         1
     );
-    // Bare ReplicaSets need `delete pods`, which the full Role has.
-    create(&c, n, replicaset("bare", 0)).await;
+    // Bare ReplicaSets need `delete pods`, which the full Role has: the
+    // stuck pod is a new one, so the old one was deleted, and the rollback
+    // deletes the new one again.
+    create(&c, n, replicaset("bare", 1)).await;
     create(
         &c,
         n,
         service("bare", "bare", json!([{"port": 80, "targetPort": "http"}])),
     )
     .await;
+    let old = wait_ready(&c, n, "app=bare", 1).await[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
     let r = k8s::resolve(&dev, &target(n, "bare", None, None))
         .await
         .unwrap();
-    k8s::install(
+    let err = k8s::install(
         &dev,
         &r.workload,
         &[r.port_request()],
-        &AgentSpec::default(),
+        &missing_agent(),
         &opts(),
         &quiet,
     )
     .await
-    .unwrap();
-    k8s::uninstall(
-        &dev,
-        n,
-        "bare",
-        Some(WorkloadKind::ReplicaSet),
-        &opts(),
-        &quiet,
-    )
-    .await
-    .unwrap();
+    .unwrap_err();
+    let K8sError::Stuck { pod, rollback, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_ne!(pod, &old);
+    assert_eq!(rollback, &k8s::Rollback::Restored);
+    let pods = wait_ready(&c, n, "app=bare", 1).await;
+    assert_eq!(pods[0].spec.as_ref().unwrap().containers.len(), 1);
 }
 
 #[tokio::test]
