@@ -951,3 +951,38 @@ async fn failing_init_container_is_reported_with_its_output() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn paused_deployment_is_reported_at_once() {
+    let c = admin().await;
+    let ns = TestNs::new(&c, "paused").await;
+    let n = ns.name.as_str();
+    let mut d = deployment("app", 1);
+    d["spec"]["paused"] = json!(true);
+    create(&c, n, d).await;
+    create(
+        &c,
+        n,
+        service("app", "app", json!([{"port": 80, "targetPort": "http"}])),
+    )
+    .await;
+    let r = k8s::resolve(&c, &target(n, "app", None, None))
+        .await
+        .unwrap();
+    let err = k8s::install(
+        &c,
+        &r.workload,
+        &[r.port_request()],
+        &AgentSpec::default(),
+        &opts(),
+        &quiet,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, K8sError::RolloutFailed { .. }), "{msg}");
+    assert!(
+        msg.contains("is paused") && msg.contains("rollout resume deployment/app"),
+        "{msg}"
+    );
+}

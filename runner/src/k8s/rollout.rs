@@ -339,6 +339,16 @@ async fn state(
                         .unwrap_or_else(|| "progress deadline exceeded".into())
                 })
         });
+        let paused = d.spec.as_ref().and_then(|s| s.paused) == Some(true);
+        let failed = failed.or_else(|| {
+            paused.then(|| {
+                format!(
+                    "the deployment is paused, so it will not roll out; resume it with `kubectl -n {} rollout resume deployment/{}`",
+                    w.metadata().namespace.as_deref().unwrap_or_default(),
+                    w.name()
+                )
+            })
+        });
         let revision = annotation(w.metadata(), "deployment.kubernetes.io/revision");
         let hash = replicasets_of(cluster, w).await?.into_iter().find_map(|r| {
             (annotation(&r.metadata, "deployment.kubernetes.io/revision") == revision
