@@ -274,6 +274,15 @@ pub enum K8sError {
         cause: String,
     },
 
+    /// The API server returned an object this client cannot read.
+    #[error("{workload} as returned by the API server cannot be read: {cause}")]
+    BadObject {
+        /// `kind/name` of the workload.
+        workload: String,
+        /// The parse error.
+        cause: String,
+    },
+
     /// The workload changed between tpr's read and write.
     #[error(
         "{workload} was changed by someone else while tpr was updating it; run the command again"
