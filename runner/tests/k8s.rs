@@ -48,10 +48,10 @@ fn missing_agent() -> AgentSpec {
 }
 
 async fn workload(cluster: &Cluster, ns: &str, name: &str) -> Workload {
-    k8s::resolve(cluster, &target(ns, name, None, None))
+    k8s::get_workload(cluster, WorkloadKind::Deployment, ns, name)
         .await
-        .map(|r| r.workload)
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
+        .expect("the deployment")
 }
 
 fn template_of(obj: &serde_json::Value) -> serde_json::Value {
@@ -310,6 +310,12 @@ async fn install_then_uninstall_restores_the_template_exactly() {
     )
     .await
     .unwrap();
+    let e = k8s::find_agent_pod(&c, &r.workload).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("(the agent is not installed); run `tpr up`"),
+        "{e}"
+    );
     let out = k8s::install(
         &c,
         &r.workload,
@@ -346,6 +352,13 @@ async fn install_then_uninstall_restores_the_template_exactly() {
     )
     .unwrap();
     assert_eq!(recorded, template_of(&before));
+
+    let e = k8s::find_agent_pod(&c, &r.workload).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("(0 pods, none ready with the current agent)"),
+        "{e}"
+    );
 
     // Again with the same port: nothing changes.
     let w = workload(&c, n, "app").await;
@@ -722,8 +735,13 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
     );
     let after = get_json(&c, n, "apps/v1", "Deployment", "app").await;
     assert_eq!(
-        after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
+        after["metadata"]["generation"], before["metadata"]["generation"],
         "nothing changed"
+    );
+    assert_eq!(template_of(&after), template_of(&before));
+    assert_eq!(
+        after["metadata"]["annotations"],
+        before["metadata"]["annotations"]
     );
 
     // The full Role can do everything tpr does: resolve, list, write the
@@ -785,19 +803,174 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
             .len(),
         1
     );
-    // Bare ReplicaSets need `delete pods`, which the full Role has.
-    create(&c, n, replicaset("bare", 0)).await;
+    // Bare ReplicaSets need `delete pods`, which the full Role has: the
+    // stuck pod is a new one, so the old one was deleted, and the rollback
+    // deletes the new one again.
+    create(&c, n, replicaset("bare", 1)).await;
     create(
         &c,
         n,
         service("bare", "bare", json!([{"port": 80, "targetPort": "http"}])),
     )
     .await;
+    let old = wait_ready(&c, n, "app=bare", 1).await[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
     let r = k8s::resolve(&dev, &target(n, "bare", None, None))
         .await
         .unwrap();
-    k8s::install(
+    let err = k8s::install(
         &dev,
+        &r.workload,
+        &[r.port_request()],
+        &missing_agent(),
+        &opts(),
+        &quiet,
+    )
+    .await
+    .unwrap_err();
+    let K8sError::Stuck { pod, rollback, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_ne!(pod, &old);
+    assert_eq!(rollback, &k8s::Rollback::Restored);
+    let pods = wait_ready(&c, n, "app=bare", 1).await;
+    assert_eq!(pods[0].spec.as_ref().unwrap().containers.len(), 1);
+}
+
+#[tokio::test]
+async fn unschedulable_agent_is_reported() {
+    let c = admin().await;
+    let ns = TestNs::new(&c, "unsched").await;
+    let n = ns.name.as_str();
+    create(&c, n, deployment("app", 1)).await;
+    create(
+        &c,
+        n,
+        service("app", "app", json!([{"port": 80, "targetPort": "http"}])),
+    )
+    .await;
+    wait_ready(&c, n, "app=app", 1).await;
+    let huge: k8s_openapi::api::core::v1::ResourceRequirements =
+        serde_json::from_value(json!({"requests": {"cpu": "1000"}})).unwrap();
+    let spec = AgentSpec {
+        resources: Some(huge),
+        ..missing_agent()
+    };
+    let r = k8s::resolve(&c, &target(n, "app", None, None))
+        .await
+        .unwrap();
+    let err = k8s::install(&c, &r.workload, &[r.port_request()], &spec, &opts(), &quiet)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Unschedulable: 0/1 nodes are available") && msg.contains("Insufficient cpu"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn slow_rollout_times_out_and_rolls_back() {
+    let c = admin().await;
+    let ns = TestNs::new(&c, "timeout").await;
+    let n = ns.name.as_str();
+    create(&c, n, deployment("app", 1)).await;
+    create(
+        &c,
+        n,
+        service("app", "app", json!([{"port": 80, "targetPort": "http"}])),
+    )
+    .await;
+    wait_ready(&c, n, "app=app", 1).await;
+    let before = get_json(&c, n, "apps/v1", "Deployment", "app").await;
+    // No pod starts within 300 ms.
+    let hurried = RolloutOptions {
+        timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let r = k8s::resolve(&c, &target(n, "app", None, None))
+        .await
+        .unwrap();
+    let err = k8s::install(
+        &c,
+        &r.workload,
+        &[r.port_request()],
+        &AgentSpec::default(),
+        &hurried,
+        &quiet,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, K8sError::RolloutTimeout { .. }), "{msg}");
+    assert!(msg.starts_with("rollout of deployment/app did not finish in 300ms (last state: rolling out deployment/app: "), "{msg}");
+    assert!(
+        msg.ends_with("the previous pod template was restored"),
+        "{msg}"
+    );
+    let after = get_json(&c, n, "apps/v1", "Deployment", "app").await;
+    assert_eq!(template_of(&after), template_of(&before));
+}
+
+#[tokio::test]
+async fn failing_init_container_is_reported_with_its_output() {
+    let c = admin().await;
+    let ns = TestNs::new(&c, "init").await;
+    let n = ns.name.as_str();
+    create(&c, n, deployment("app", 1)).await;
+    create(
+        &c,
+        n,
+        service("app", "app", json!([{"port": 80, "targetPort": 8080}])),
+    )
+    .await;
+    wait_ready(&c, n, "app=app", 1).await;
+    // The hello image has no `init` command: the init step fails with
+    // hello's own message, which the error carries.
+    let spec = AgentSpec {
+        image: "hello:0.1.0".into(),
+        pull_policy: "Never".into(),
+        ..Default::default()
+    };
+    let r = k8s::resolve(&c, &target(n, "app", None, None))
+        .await
+        .unwrap();
+    let err = k8s::install(&c, &r.workload, &[r.port_request()], &spec, &opts(), &quiet)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("container tpr-agent-init: Error: init container exited with code 1"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("unknown command") && msg.contains("init"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn paused_deployment_is_reported_at_once() {
+    let c = admin().await;
+    let ns = TestNs::new(&c, "paused").await;
+    let n = ns.name.as_str();
+    let mut d = deployment("app", 1);
+    d["spec"]["paused"] = json!(true);
+    create(&c, n, d).await;
+    create(
+        &c,
+        n,
+        service("app", "app", json!([{"port": 80, "targetPort": "http"}])),
+    )
+    .await;
+    let r = k8s::resolve(&c, &target(n, "app", None, None))
+        .await
+        .unwrap();
+    let err = k8s::install(
+        &c,
         &r.workload,
         &[r.port_request()],
         &AgentSpec::default(),
@@ -805,15 +978,11 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
         &quiet,
     )
     .await
-    .unwrap();
-    k8s::uninstall(
-        &dev,
-        n,
-        "bare",
-        Some(WorkloadKind::ReplicaSet),
-        &opts(),
-        &quiet,
-    )
-    .await
-    .unwrap();
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, K8sError::RolloutFailed { .. }), "{msg}");
+    assert!(
+        msg.contains("is paused") && msg.contains("rollout resume deployment/app"),
+        "{msg}"
+    );
 }

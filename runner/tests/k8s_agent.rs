@@ -1,5 +1,6 @@
-//! Installing the real agent image (`tpr-agent:<version>`, loaded by
-//! tests/cluster/load-images) and reaching it, on the test cluster.
+//! Installing the real agent image and reaching it, on the test cluster.
+//! The image is `tpr-agent:<version>` (loaded by tests/cluster/load-images),
+//! or `TPR_TEST_AGENT_IMAGE` to try another build.
 
 mod k8s_support;
 
@@ -29,6 +30,16 @@ fn opts() -> RolloutOptions {
 }
 
 fn quiet(_: &str) {}
+
+fn agent_spec() -> AgentSpec {
+    match std::env::var("TPR_TEST_AGENT_IMAGE") {
+        Ok(image) => AgentSpec {
+            image,
+            ..Default::default()
+        },
+        Err(_) => AgentSpec::default(),
+    }
+}
 
 /// GET /healthz through a port-forward to `pod:port`.
 async fn healthz(c: &Cluster, ns: &str, pod: &str, port: u16) -> String {
@@ -61,7 +72,7 @@ async fn install(c: &Cluster, ns: &str, name: &str) -> k8s::InstallOutcome {
         c,
         &r.workload,
         &[r.port_request()],
-        &AgentSpec::default(),
+        &agent_spec(),
         &opts(),
         &progress,
     )
@@ -132,6 +143,16 @@ async fn deployment_with_named_port_runs_the_agent() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+
+    // The agent's pod goes away: a new one is found and reached.
+    let pods: kube::Api<Pod> = kube::Api::namespaced(c.client().clone(), n);
+    pods.delete(&agent.name, &Default::default()).await.unwrap();
+    let again = k8s::wait_for_agent_pod(&c, &w, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_ne!(again.name, agent.name);
+    let reply = healthz(&c, n, &again.name, 9901).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 
     // Uninstall: the template as it was, pods without the agent.
     assert!(

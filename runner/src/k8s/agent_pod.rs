@@ -105,6 +105,27 @@ pub async fn find_agent_pod(cluster: &Cluster, workload: &Workload) -> Result<Ag
     })
 }
 
+/// Waits up to `timeout` for a ready pod with the current agent, e.g. after
+/// the agent's pod was restarted or replaced; other errors end the wait.
+pub async fn wait_for_agent_pod(
+    cluster: &Cluster,
+    workload: &Workload,
+    timeout: std::time::Duration,
+) -> Result<AgentPod, K8sError> {
+    let start = std::time::Instant::now();
+    loop {
+        match find_agent_pod(cluster, workload).await {
+            Err(K8sError::NoAgentPod { detail, .. })
+                if start.elapsed() < timeout
+                    && detail.as_deref() != Some("the agent is not installed") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One port-forwarded connection to a pod port. Reads fail with the
 /// kubelet's message when the pod side fails (e.g. nothing listens).
 pub struct PortForwardStream {

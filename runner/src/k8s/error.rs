@@ -79,10 +79,10 @@ pub enum K8sError {
         "forbidden: tpr needs `{verb}` on `{resource}` in namespace `{namespace}`; an admin can grant it with `kubectl -n {namespace} create role tpr-{verb} --verb={verb} --resource={resource}` and a RoleBinding to your user, or with the Role in docs/rbac.yaml (API server: {message})"
     )]
     Forbidden {
-        /// The verb of the refused request (get, list, update, delete, create).
-        verb: &'static str,
+        /// The verb RBAC refused (get, list, update, delete, create).
+        verb: String,
         /// The resource, with its API group (`deployments.apps`, `pods/portforward`).
-        resource: &'static str,
+        resource: String,
         /// The namespace of the request.
         namespace: String,
         /// The API server's own message.
@@ -274,6 +274,15 @@ pub enum K8sError {
         cause: String,
     },
 
+    /// The API server returned an object this client cannot read.
+    #[error("{workload} as returned by the API server cannot be read: {cause}")]
+    BadObject {
+        /// `kind/name` of the workload.
+        workload: String,
+        /// The parse error.
+        cause: String,
+    },
+
     /// The workload changed between tpr's read and write.
     #[error(
         "{workload} was changed by someone else while tpr was updating it; run the command again"
@@ -297,7 +306,7 @@ pub enum K8sError {
     },
 
     /// The rollout did not finish in time.
-    #[error("rollout of {workload} did not finish in {}s (last state: {last}); {rollback}", waited.as_secs())]
+    #[error("rollout of {workload} did not finish in {waited:?} (last state: {last}); {rollback}")]
     RolloutTimeout {
         /// `kind/name` of the workload.
         workload: String,
@@ -378,12 +387,19 @@ impl Request<'_> {
 
     pub(crate) fn error(&self, err: kube::Error) -> K8sError {
         match err {
-            kube::Error::Api(status) if status.code == 403 => K8sError::Forbidden {
-                verb: self.verb,
-                resource: self.resource,
-                namespace: self.namespace.to_string(),
-                message: status.message.clone(),
-            },
+            kube::Error::Api(status) if status.code == 403 => {
+                // The API server says which verb and resource it checked
+                // (a WebSocket port-forward is checked as `get`, not
+                // `create`); fall back to the request's own.
+                let (verb, resource) = refused(&status.message)
+                    .unwrap_or_else(|| (self.verb.to_string(), self.resource.to_string()));
+                K8sError::Forbidden {
+                    verb,
+                    resource,
+                    namespace: self.namespace.to_string(),
+                    message: status.message.clone(),
+                }
+            }
             kube::Error::Api(status) => K8sError::Api {
                 verb: self.verb,
                 resource: self.resource,
@@ -402,6 +418,28 @@ impl Request<'_> {
             },
         }
     }
+}
+
+/// The verb and resource of an RBAC refusal, from the API server's message:
+/// `... cannot get resource "pods/portforward" in API group "" in the namespace ...`.
+fn refused(message: &str) -> Option<(String, String)> {
+    let rest = &message[message.find(" cannot ")? + 8..];
+    let (verb, rest) = rest.split_once(' ')?;
+    let rest = rest.strip_prefix("resource \"")?;
+    let (resource, rest) = rest.split_once('"')?;
+    let group = rest
+        .strip_prefix(" in API group \"")
+        .and_then(|g| g.split_once('"'))
+        .map(|(g, _)| g)
+        .unwrap_or("");
+    let resource = match group {
+        "" => resource.to_string(),
+        g => match resource.split_once('/') {
+            Some((r, sub)) => format!("{r}.{g}/{sub}"),
+            None => format!("{resource}.{g}"),
+        },
+    };
+    Some((verb.to_string(), resource))
 }
 
 /// An error and its causes on one line, without repeating a cause that the
@@ -431,54 +469,4 @@ pub(crate) fn is_conflict(err: &kube::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req() -> Request<'static> {
-        Request {
-            verb: "update",
-            resource: "deployments.apps",
-            namespace: "shop",
-            url: "https://h:6443/",
-            context: "dev",
-        }
-    }
-
-    fn status(code: u16) -> kube::Error {
-        kube::Error::Api(Box::new(kube::core::Status {
-            code,
-            message: "denied".into(),
-            reason: "Forbidden".into(),
-            ..Default::default()
-        }))
-    }
-
-    #[test]
-    fn forbidden_names_verb_resource_namespace_and_fix() {
-        let msg = req().error(status(403)).to_string();
-        assert!(
-            msg.starts_with(
-                "forbidden: tpr needs `update` on `deployments.apps` in namespace `shop`"
-            ),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("--verb=update --resource=deployments.apps"),
-            "{msg}"
-        );
-        assert!(matches!(
-            req().error(status(409)),
-            K8sError::Api { code: 409, .. }
-        ));
-    }
-
-    #[test]
-    fn rollback_is_said() {
-        assert!(Rollback::Restored.to_string().contains("restored"));
-        assert!(
-            Rollback::Failed("x".into())
-                .to_string()
-                .contains("tpr uninstall")
-        );
-    }
-}
+mod tests;

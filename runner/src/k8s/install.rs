@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::resolve::get_workload;
+use super::resolve::{Resolved, get_workload};
 use super::rollout::{RolloutOptions, replace_stale_pods, roll_out, write};
 use super::template::{AgentPort, AgentSpec, PortRequest, covers, merge_ports, patch_template};
 use super::{
@@ -59,34 +59,40 @@ pub async fn install(
     opts: &RolloutOptions,
     progress: &dyn Progress,
 ) -> Result<InstallOutcome, K8sError> {
-    let before = fresh(cluster, workload).await?;
-    let original_json = before.original_template_json()?;
-    let original = before.original_template()?;
-    let existing = before.agent_ports()?;
-    let ports = merge_ports(&original, &existing, requests, spec.grpc_port);
-    let desired = patch_template(&original, spec, &ports, &before.display())?;
-    let desired_json = serde_json::to_value(&desired).expect("a pod template serializes");
+    let mut ports = Vec::new();
+    let change = |w: &Workload| -> Result<Option<Change>, K8sError> {
+        let original_json = w.original_template_json()?;
+        let original = w.original_template()?;
+        let existing = w.agent_ports()?;
+        ports = merge_ports(&original, &existing, requests, spec.grpc_port);
+        if ports.is_empty() {
+            return Ok(None);
+        }
+        let desired = patch_template(&original, spec, &ports, &w.display())?;
+        let desired = serde_json::to_value(&desired).expect("a pod template serializes");
+        if w.has_agent() && existing == ports && covers(&w.template_json(), &desired) {
+            return Ok(None);
+        }
+        let mut annotations = w.metadata().annotations.clone().unwrap_or_default();
+        annotations
+            .entry(ANNOTATION_ORIGINAL_TEMPLATE.into())
+            .or_insert_with(|| serde_json::to_string(&original_json).expect("JSON serializes"));
+        let recorded = serde_json::to_string(&ports).expect("JSON serializes");
+        annotations.insert(ANNOTATION_AGENT_PORTS.into(), recorded);
+        Ok(Some(Change {
+            template: desired,
+            annotations,
+        }))
+    };
+    let updated = update(cluster, workload, change).await?;
     let outcome = |changed| InstallOutcome {
-        workload: before.display(),
+        workload: workload.display(),
         changed,
         ports: ports.clone(),
     };
-    if before.has_agent() && existing == ports && covers(&before.template_json(), &desired_json) {
+    let Some((before, written)) = updated else {
         return Ok(outcome(false));
-    }
-    let mut annotations = before.metadata().annotations.clone().unwrap_or_default();
-    annotations
-        .entry(ANNOTATION_ORIGINAL_TEMPLATE.into())
-        .or_insert_with(|| serde_json::to_string(&original_json).expect("JSON serializes"));
-    annotations.insert(
-        ANNOTATION_AGENT_PORTS.into(),
-        serde_json::to_string(&ports).expect("JSON serializes"),
-    );
-    let written = write(cluster, &before, desired_json, annotations).await?;
-    if written.metadata().resource_version == before.metadata().resource_version {
-        // The server found nothing to change.
-        return Ok(outcome(false));
-    }
+    };
     match roll_out(
         cluster,
         &written,
@@ -105,15 +111,94 @@ pub async fn install(
     }
 }
 
+/// A new pod template and workload annotations.
+struct Change {
+    template: serde_json::Value,
+    annotations: BTreeMap<String, String>,
+}
+
+/// Read, compute, write, again on a conflict: controllers write the status
+/// all the time, which moves the resourceVersion the write is conditioned
+/// on. Each attempt computes from the fresh object, so a concurrent change
+/// is kept, never overwritten. `None`: nothing to change. Otherwise the
+/// object before the write and as written.
+async fn update(
+    cluster: &Cluster,
+    w: &Workload,
+    mut change: impl FnMut(&Workload) -> Result<Option<Change>, K8sError>,
+) -> Result<Option<(Workload, Workload)>, K8sError> {
+    let mut attempts = 0;
+    loop {
+        let before = fresh(cluster, w).await?;
+        let Some(c) = change(&before)? else {
+            return Ok(None);
+        };
+        match write(cluster, &before, c.template, c.annotations).await {
+            Err(K8sError::Conflict { .. }) if attempts < 5 => attempts += 1,
+            Err(e) => return Err(e),
+            // The server found nothing to change.
+            Ok(written)
+                if written.metadata().resource_version == before.metadata().resource_version =>
+            {
+                return Ok(None);
+            }
+            Ok(written) => return Ok(Some((before, written))),
+        }
+    }
+}
+
+fn tpr_annotations(w: &Workload) -> impl Iterator<Item = (String, String)> {
+    let all = w.metadata().annotations.clone().unwrap_or_default();
+    all.into_iter()
+        .filter(|(k, _)| k == ANNOTATION_ORIGINAL_TEMPLATE || k == ANNOTATION_AGENT_PORTS)
+}
+
+/// Installs the agent for every resolved intercept, one install per
+/// workload with all of its ports, in the order the workloads first appear.
+pub async fn install_resolved(
+    cluster: &Cluster,
+    resolved: &[Resolved],
+    spec: &AgentSpec,
+    opts: &RolloutOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<InstallOutcome>, K8sError> {
+    let mut groups: Vec<(&Workload, Vec<PortRequest>)> = Vec::new();
+    for r in resolved {
+        let same = |w: &Workload| {
+            w.kind() == r.workload.kind()
+                && w.name() == r.workload.name()
+                && w.metadata().namespace == r.workload.metadata().namespace
+        };
+        match groups.iter_mut().find(|(w, _)| same(w)) {
+            Some((_, reqs)) => reqs.push(r.port_request()),
+            None => groups.push((&r.workload, vec![r.port_request()])),
+        }
+    }
+    let mut out = Vec::new();
+    for (w, reqs) in groups {
+        out.push(install(cluster, w, &reqs, spec, opts, progress).await?);
+    }
+    Ok(out)
+}
+
 /// Writes back the template and annotations `before` had, then replaces
 /// the pods where the controller would not; does not wait for readiness
 /// (the previous template may not have been ready either).
 async fn restore(cluster: &Cluster, before: &Workload, opts: &RolloutOptions) -> Rollback {
+    let change = |now: &Workload| {
+        // Others' annotations as they are now; tpr's as they were.
+        let mut annotations = now.metadata().annotations.clone().unwrap_or_default();
+        annotations.retain(|k, _| k != ANNOTATION_ORIGINAL_TEMPLATE && k != ANNOTATION_AGENT_PORTS);
+        annotations.extend(tpr_annotations(before));
+        Ok(Some(Change {
+            template: before.template_json(),
+            annotations,
+        }))
+    };
     let result = async {
-        let now = fresh(cluster, before).await?;
-        let annotations = before.metadata().annotations.clone().unwrap_or_default();
-        let written = write(cluster, &now, before.template_json(), annotations).await?;
-        if replace_on_restore(&written) {
+        if let Some((_, written)) = update(cluster, before, change).await?
+            && replace_on_restore(&written)
+        {
             replace_stale_pods(cluster, &written, opts).await?;
         }
         Ok::<_, K8sError>(())
@@ -189,18 +274,24 @@ pub async fn uninstall_workload(
     opts: &RolloutOptions,
     progress: &dyn Progress,
 ) -> Result<UninstallOutcome, K8sError> {
-    if !w.has_agent() {
+    let change = |w: &Workload| {
+        if !w.has_agent() {
+            return Ok(None);
+        }
+        let mut annotations = w.metadata().annotations.clone().unwrap_or_default();
+        annotations.remove(ANNOTATION_ORIGINAL_TEMPLATE);
+        annotations.remove(ANNOTATION_AGENT_PORTS);
+        Ok(Some(Change {
+            template: w.original_template_json()?,
+            annotations,
+        }))
+    };
+    let Some((_, written)) = update(cluster, w, change).await? else {
         return Ok(UninstallOutcome {
             workload: w.display(),
             changed: false,
         });
-    }
-    let original = w.original_template_json()?;
-    let mut annotations: BTreeMap<String, String> =
-        w.metadata().annotations.clone().unwrap_or_default();
-    annotations.remove(ANNOTATION_ORIGINAL_TEMPLATE);
-    annotations.remove(ANNOTATION_AGENT_PORTS);
-    let written = write(cluster, w, original, annotations).await?;
+    };
     roll_out(
         cluster,
         &written,

@@ -5,10 +5,32 @@
 //!
 //! Pure computations (resolution, template patch, pod diagnosis) work on
 //! k8s-openapi objects and are unit-tested; what talks to the API server is
-//! tested on the real cluster in `runner/tests/k8s_*.rs`.
+//! tested on the real cluster in `runner/tests/k8s*.rs`.
+//!
+//! How `tpr up` uses it:
+//!
+//! ```no_run
+//! # async fn up() -> Result<(), tpr::k8s::K8sError> {
+//! use tpr::k8s::{self, AgentSpec, Cluster, ClusterOptions, InterceptTarget, RolloutOptions};
+//! let cluster = Cluster::connect(&ClusterOptions { context: Some("dev".into()), ..Default::default() }).await?;
+//! cluster.check().await?; // unreachable cluster: a clear error before anything else
+//! let target = InterceptTarget {
+//!     workload: "hello".into(), kind: None, namespace: "default".into(), service: None, port: None,
+//! };
+//! let resolved = k8s::resolve(&cluster, &target).await?; // all intercepts first: nothing changes on an error
+//! let spinner = k8s::spinner();
+//! k8s::install_resolved(&cluster, &[resolved.clone()], &AgentSpec::default(), &RolloutOptions::default(), &spinner)
+//!     .await?;
+//! spinner.finish_and_clear();
+//! let pod = k8s::find_agent_pod(&cluster, &resolved.workload).await?;
+//! let channel = k8s::agent_channel(&cluster, &pod.namespace, &pod.name, pod.grpc_port);
+//! // ... the tunnel's gRPC client on `channel`; intercepts on `resolved.container_port`.
+//! # let _ = channel; Ok(()) }
+//! ```
 
 mod agent_pod;
 mod cluster;
+mod diagnose;
 mod error;
 mod install;
 mod list;
@@ -20,15 +42,21 @@ mod workload;
 
 pub use agent_pod::{
     AgentPod, PortForwardConnector, PortForwardStream, agent_channel, find_agent_pod, port_forward,
+    wait_for_agent_pod,
 };
 pub use cluster::{Cluster, ClusterOptions};
+pub use diagnose::{PodProblem, diagnose_pod};
 pub use error::{K8sError, Rollback};
-pub use install::{InstallOutcome, UninstallOutcome, install, uninstall, uninstall_all};
-pub use list::{Interceptable, WorkloadSummary, list};
+pub use install::{
+    InstallOutcome, UninstallOutcome, install, install_resolved, uninstall, uninstall_all,
+};
+pub use list::{Interceptable, WorkloadSummary, list, summarize, workloads};
 pub use progress::{Progress, spinner};
-pub use resolve::{InterceptTarget, PortId, Resolved, ServicePortRef, resolve, resolve_in};
-pub use rollout::{PodProblem, RolloutOptions, diagnose_pod};
-pub use template::{AgentPort, AgentSpec, PortMode, patch_template};
+pub use resolve::{
+    InterceptTarget, PortId, Resolved, ServicePortRef, get_workload, resolve, resolve_in, selects,
+};
+pub use rollout::RolloutOptions;
+pub use template::{AgentPort, AgentSpec, PortMode, PortRequest, merge_ports, patch_template};
 pub use workload::{Workload, WorkloadKind};
 
 /// Annotation on the workload: the pod template (JSON) before the first install.

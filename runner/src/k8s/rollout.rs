@@ -5,14 +5,14 @@
 //! reason instead of a timeout.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, DynamicObject, ListParams, PostParams};
 
+use super::diagnose::{PodProblem, diagnose_pod};
 use super::error::{is_conflict, is_not_found};
 use super::workload::selector_string;
 use super::{Cluster, K8sError, Progress, Workload};
@@ -33,126 +33,6 @@ impl Default for RolloutOptions {
             poll: Duration::from_millis(500),
         }
     }
-}
-
-/// Why a pod cannot start, in the pod's own words.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodProblem {
-    /// The container, when the problem is one container's.
-    pub container: Option<String>,
-    /// The reason (`ImagePullBackOff`, `CrashLoopBackOff`, `Unschedulable`, ...).
-    pub reason: String,
-    /// The message that came with it.
-    pub message: String,
-}
-
-impl fmt::Display for PodProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(c) = &self.container {
-            write!(f, "container {c}: ")?;
-        }
-        write!(f, "{}", self.reason)?;
-        if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
-        }
-        Ok(())
-    }
-}
-
-/// Waiting reasons that do not go away by waiting.
-const STUCK_WAITING: &[&str] = &[
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "ErrImageNeverPull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-    "CrashLoopBackOff",
-];
-
-/// What keeps this pod from ever becoming ready, if anything does.
-pub fn diagnose_pod(pod: &Pod) -> Option<PodProblem> {
-    let status = pod.status.as_ref()?;
-    if status.phase.as_deref() == Some("Failed") {
-        return Some(PodProblem {
-            container: None,
-            reason: status.reason.clone().unwrap_or_else(|| "Failed".into()),
-            message: status.message.clone().unwrap_or_default(),
-        });
-    }
-    for c in status.conditions.iter().flatten() {
-        if c.type_ == "PodScheduled"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("Unschedulable")
-        {
-            return Some(PodProblem {
-                container: None,
-                reason: "Unschedulable".into(),
-                message: c.message.clone().unwrap_or_default(),
-            });
-        }
-    }
-    let init = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .map(|s| (s, true));
-    let main = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .map(|s| (s, false));
-    init.chain(main)
-        .find_map(|(s, is_init)| container_problem(s, is_init))
-}
-
-fn container_problem(s: &ContainerStatus, is_init: bool) -> Option<PodProblem> {
-    let state = s.state.as_ref()?;
-    if let Some(w) = &state.waiting {
-        let reason = w.reason.clone().unwrap_or_default();
-        if STUCK_WAITING.contains(&reason.as_str()) {
-            let mut message = w.message.clone().unwrap_or_default();
-            if let Some(t) = s.last_state.as_ref().and_then(|l| l.terminated.as_ref()) {
-                let why = [t.reason.as_deref(), t.message.as_deref().map(str::trim)]
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(": ");
-                message = format!(
-                    "last exit code {}{}{}",
-                    t.exit_code,
-                    if why.is_empty() { "" } else { ": " },
-                    why
-                );
-            }
-            return Some(PodProblem {
-                container: Some(s.name.clone()),
-                reason,
-                message,
-            });
-        }
-    }
-    // An init container must succeed; one that failed will fail again.
-    if is_init
-        && let Some(t) = &state.terminated
-        && t.exit_code != 0
-    {
-        return Some(PodProblem {
-            container: Some(s.name.clone()),
-            reason: t.reason.clone().unwrap_or_else(|| "Error".into()),
-            message: format!(
-                "init container exited with code {}{}",
-                t.exit_code,
-                t.message
-                    .as_deref()
-                    .map(|m| format!(": {}", m.trim()))
-                    .unwrap_or_default()
-            ),
-        });
-    }
-    None
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -281,7 +161,7 @@ pub(crate) async fn roll_out(
             w.replicas()
         );
         progress.message(&last);
-        if let Some(msg) = state.failed {
+        if let Some(msg) = state.failed.filter(|_| observed) {
             return Err(RolloutError::Failed(msg));
         }
         // Before the controller has seen the template, the "new" pods may
@@ -459,6 +339,16 @@ async fn state(
                         .unwrap_or_else(|| "progress deadline exceeded".into())
                 })
         });
+        let paused = d.spec.as_ref().and_then(|s| s.paused) == Some(true);
+        let failed = failed.or_else(|| {
+            paused.then(|| {
+                format!(
+                    "the deployment is paused, so it will not roll out; resume it with `kubectl -n {} rollout resume deployment/{}`",
+                    w.metadata().namespace.as_deref().unwrap_or_default(),
+                    w.name()
+                )
+            })
+        });
         let revision = annotation(w.metadata(), "deployment.kubernetes.io/revision");
         let hash = replicasets_of(cluster, w).await?.into_iter().find_map(|r| {
             (annotation(&r.metadata, "deployment.kubernetes.io/revision") == revision
@@ -521,6 +411,3 @@ fn annotation(
 ) -> Option<String> {
     meta.annotations.as_ref()?.get(key).cloned()
 }
-
-#[cfg(test)]
-mod tests;

@@ -326,6 +326,7 @@ fn agent_container(
         env_from: (!env_from.is_empty()).then_some(env_from),
         ports: Some(container_ports),
         resources: spec.resources.clone(),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         readiness_probe: Some(Probe {
             exec: Some(ExecAction {
                 command: Some(vec!["/tpr-agent".into(), "ready".into()]),
@@ -353,6 +354,9 @@ fn init_container(spec: &AgentSpec, redirects: String) -> Container {
         image: Some(spec.image.clone()),
         image_pull_policy: Some(spec.pull_policy.clone()),
         args: Some(vec!["init".into()]),
+        // A failing init step explains itself in the pod status, which is
+        // what a stuck rollout reports.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         env: Some(vec![plain("TPR_AGENT_REDIRECTS", redirects)]),
         resources: spec.resources.clone(),
         security_context: Some(SecurityContext {

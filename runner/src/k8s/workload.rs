@@ -96,10 +96,9 @@ impl Workload {
     /// Reads a raw object of the given kind.
     pub fn from_raw(kind: WorkloadKind, raw: DynamicObject) -> Result<Self, K8sError> {
         let value = serde_json::to_value(&raw).expect("a DynamicObject serializes");
-        let bad = |e: serde_json::Error| K8sError::BadAnnotation {
+        let bad = |e: serde_json::Error| K8sError::BadObject {
             workload: format!("{kind}/{}", raw.metadata.name.clone().unwrap_or_default()),
-            annotation: "(object)",
-            cause: format!("the object does not parse as a {}: {e}", kind.kind()),
+            cause: e.to_string(),
         };
         let typed = match kind {
             WorkloadKind::Deployment => {

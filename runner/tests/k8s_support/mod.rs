@@ -47,7 +47,6 @@ pub async fn admin() -> Cluster {
 /// the test fails).
 pub struct TestNs {
     pub name: String,
-    cluster: Cluster,
 }
 
 impl TestNs {
@@ -69,25 +68,29 @@ impl TestNs {
             sa.get_opt("default").await.ok().flatten().is_some()
         })
         .await;
-        Self {
-            name,
-            cluster: cluster.clone(),
-        }
+        Self { name }
     }
 }
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        let client = self.cluster.client().clone();
         let name = self.name.clone();
-        // Drop cannot await; a thread with its own runtime can.
+        // Drop cannot await, and the test's client is bound to the test's
+        // runtime (blocked here): a thread with its own runtime and client.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let api: Api<Namespace> = Api::all(client);
+                let opts = ClusterOptions {
+                    kubeconfig: Some(kubeconfig()),
+                    ..Default::default()
+                };
+                let Ok(cluster) = Cluster::connect(&opts).await else {
+                    return;
+                };
+                let api: Api<Namespace> = Api::all(cluster.client().clone());
                 let _ = api.delete(&name, &DeleteParams::background()).await;
             })
         })
