@@ -35,5 +35,7 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_millis(2500);
 /// session's pings.
 pub const STREAM_WINDOW: u32 = 2 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame each end accepts: fewer frames per chunk.
+pub const MAX_FRAME: u32 = 256 << 10;
 /// Largest payload of one `Chunk`.
-pub const CHUNK_SIZE: usize = 64 << 10;
+pub const CHUNK_SIZE: usize = 256 << 10;
