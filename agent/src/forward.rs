@@ -72,7 +72,8 @@ async fn handle(
 }
 
 pub async fn dial_app(app_port: u16) -> io::Result<TcpStream> {
-    let app = TcpStream::connect(("127.0.0.1", app_port)).await?;
+    // A socket address, not a host name: the static binary has no resolver.
+    let app = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], app_port))).await?;
     let _ = app.set_nodelay(true);
     Ok(app)
 }

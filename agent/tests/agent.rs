@@ -162,6 +162,15 @@ async fn http_requests_are_routed_one_by_one_on_one_keep_alive_connection() {
     let echoed = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(echoed.len(), body.len());
     assert_eq!(client.get("/d", &[]).await.1, "app GET /d");
+
+    // The session ends: on the same connection, matching requests go to
+    // the app again.
+    drop(session);
+    let start = std::time::Instant::now();
+    while client.get("/e", &mine).await.1 != "app GET /e" {
+        assert!(start.elapsed() < REVERT, "intercepted requests reach the app again");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[tokio::test]
