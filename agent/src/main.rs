@@ -129,6 +129,8 @@ fn run() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Container logs are files: colour only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match runtime().block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
