@@ -76,6 +76,13 @@ pub struct Rewind {
     inner: TcpStream,
 }
 
+impl Rewind {
+    /// The bytes read so far (not yet replayed) and the connection.
+    pub fn into_parts(self) -> (BytesMut, TcpStream) {
+        (self.prefix, self.inner)
+    }
+}
+
 impl AsyncRead for Rewind {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tpr_schema::proto::pipe;
 use tracing::{debug, warn};
@@ -15,10 +15,7 @@ use crate::config::Forward;
 use crate::detect::{self, Protocol};
 use crate::http;
 use crate::registry::{Intercept, Registry, Route};
-
-/// Relay buffer per direction: large enough for loopback throughput, small
-/// enough for a thousand idle connections (untouched pages stay unmapped).
-const RELAY_BUFFER: usize = 64 << 10;
+use crate::relay;
 
 pub async fn serve(listener: TcpListener, forward: Forward, registry: Arc<Registry>) {
     loop {
@@ -48,7 +45,7 @@ async fn handle(
     registry: Arc<Registry>,
 ) -> io::Result<()> {
     match registry.route(app_port) {
-        Route::App => relay_to_app(tcp, app_port).await,
+        Route::App => relay_to_app(tcp, &[], app_port).await,
         Route::Tcp(intercept) => to_workstation(tcp, &intercept, &registry).await,
         Route::Http => {
             let (protocol, io) = detect::detect(tcp).await?;
@@ -62,28 +59,30 @@ async fn handle(
                         intercept.notice_tls();
                     }
                     debug!(%peer, app_port, "TLS on an http-intercepted port: passed to the app");
-                    relay_to_app(io, app_port).await
+                    let (read, tcp) = io.into_parts();
+                    relay_to_app(tcp, &read, app_port).await
                 }
-                Protocol::Opaque => relay_to_app(io, app_port).await,
+                Protocol::Opaque => {
+                    let (read, tcp) = io.into_parts();
+                    relay_to_app(tcp, &read, app_port).await
+                }
             }
         }
     }
 }
 
 pub async fn dial_app(app_port: u16) -> io::Result<TcpStream> {
-    let app = TcpStream::connect(("127.0.0.1", app_port)).await?;
+    // A socket address, not a host name: the static binary has no resolver.
+    let app = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], app_port))).await?;
     let _ = app.set_nodelay(true);
     Ok(app)
 }
 
-async fn relay_to_app<S: AsyncRead + AsyncWrite + Unpin>(
-    mut downstream: S,
-    app_port: u16,
-) -> io::Result<()> {
+/// Relays to the app, after replaying the bytes that detection read.
+async fn relay_to_app(downstream: TcpStream, already_read: &[u8], app_port: u16) -> io::Result<()> {
     let mut app = dial_app(app_port).await?;
-    tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut app, RELAY_BUFFER, RELAY_BUFFER)
-        .await?;
-    Ok(())
+    app.write_all(already_read).await?;
+    relay::relay(downstream, app).await
 }
 
 /// A tcp intercept: the whole connection goes to the workstation; it closes

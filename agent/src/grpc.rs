@@ -114,11 +114,13 @@ impl Agent for AgentService {
         let port: u16 = metadata(&req, proto::PORT_METADATA)?
             .parse()
             .map_err(|_| Status::invalid_argument("tpr-port is not a port"))?;
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| {
-            Status::unavailable(format!(
-                "nothing answers on 127.0.0.1:{port} in the pod: {e}"
-            ))
-        })?;
+        let tcp = TcpStream::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "nothing answers on 127.0.0.1:{port} in the pod: {e}"
+                ))
+            })?;
         let _ = tcp.set_nodelay(true);
         let (tx, rx) = pipe::outbound();
         let inbound = req.into_inner();

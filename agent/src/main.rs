@@ -11,6 +11,7 @@ mod http;
 mod iptables;
 mod ready;
 mod registry;
+mod relay;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -128,6 +129,8 @@ fn run() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Container logs are files: colour only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match runtime().block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +172,7 @@ async fn serve(config: Config) -> Result<(), String> {
         .http2_keepalive_timeout(Some(proto::SESSION_TIMEOUT))
         .initial_stream_window_size(proto::STREAM_WINDOW)
         .initial_connection_window_size(proto::CONNECTION_WINDOW)
+        .max_frame_size(proto::MAX_FRAME)
         .serve_with_incoming(AgentServer::new(service), incoming);
     // Stop at once: sessions are long-lived streams, waiting for them to
     // drain would only delay the kubelet.

@@ -434,3 +434,6 @@ fn compile(matches: Vec<HeaderMatch>) -> Result<Vec<HeaderRule>, InterceptError>
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

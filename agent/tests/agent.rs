@@ -162,6 +162,18 @@ async fn http_requests_are_routed_one_by_one_on_one_keep_alive_connection() {
     let echoed = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(echoed.len(), body.len());
     assert_eq!(client.get("/d", &[]).await.1, "app GET /d");
+
+    // The session ends: on the same connection, matching requests go to
+    // the app again.
+    drop(session);
+    let start = std::time::Instant::now();
+    while client.get("/e", &mine).await.1 != "app GET /e" {
+        assert!(
+            start.elapsed() < REVERT,
+            "intercepted requests reach the app again"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[tokio::test]
@@ -508,4 +520,70 @@ fn bad_settings_exit_64_naming_the_variable() {
         String::from_utf8_lossy(&out.stderr).contains("TPR_AGENT_FORWARDS"),
         "{out:?}"
     );
+}
+
+#[tokio::test]
+async fn killing_the_runner_process_reverts_within_three_seconds() {
+    use tokio::io::AsyncBufReadExt;
+    let app = tcp_server("app").await;
+    let workstation = tcp_server("workstation").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let spec = format!("{},{},{}", agent.grpc, app.port(), workstation.port());
+    let mut runner = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "helper_runner", "--nocapture"])
+        .env("TPR_TEST_RUNNER", spec)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(runner.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("INTERCEPTING") {
+            break;
+        }
+    }
+    let front = agent.port_for(app.port());
+    let (mut held, line) = first_line(front).await;
+    assert_eq!(line, "workstation");
+
+    runner.start_kill().unwrap(); // SIGKILL: no goodbye
+    runner.wait().await.unwrap();
+    let took = eventually(
+        REVERT,
+        "the app answers again after the runner died",
+        || async { first_line(front).await.1 == "app" },
+    )
+    .await;
+    eprintln!("reverted {took:?} after the runner died");
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(3), held.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "handed-off connection closed: {closed:?}"
+    );
+}
+
+/// The runner process of the test above: holds a tcp intercept until killed.
+#[test]
+#[ignore = "helper: run as a process by killing_the_runner_process_reverts_within_three_seconds"]
+fn helper_runner() {
+    let Ok(spec) = std::env::var("TPR_TEST_RUNNER") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let grpc: std::net::SocketAddr = parts[0].parse().unwrap();
+    let (app_port, target): (u16, u16) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let channel = tunnel::connect(grpc).await.unwrap();
+        let session = tunnel::Session::open(channel, hello("doomed"))
+            .await
+            .unwrap();
+        session
+            .create_intercept(tcp_spec("orders", app_port, target))
+            .await
+            .unwrap();
+        println!("\nINTERCEPTING");
+        std::future::pending::<()>().await;
+    });
 }

@@ -58,7 +58,8 @@ pub fn endpoint(uri: &str) -> Result<Endpoint, TunnelError> {
         .keep_alive_timeout(proto::SESSION_TIMEOUT)
         .keep_alive_while_idle(true)
         .initial_stream_window_size(proto::STREAM_WINDOW)
-        .initial_connection_window_size(proto::CONNECTION_WINDOW))
+        .initial_connection_window_size(proto::CONNECTION_WINDOW)
+        .max_frame_size(proto::MAX_FRAME))
 }
 
 /// Connects to an agent's gRPC port on a TCP address (loopback in tests, a

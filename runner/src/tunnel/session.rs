@@ -419,6 +419,9 @@ async fn take(
             return;
         }
     };
+    // Holding the session's sender would keep its stream open after the
+    // session is dropped; the connection needs it no more.
+    drop(requests);
     if let Some(target) = set_failing(false) {
         info!(intercept = %name, "{target} answers again");
         let _ = notices.send(Notice::WorkstationReachable {

@@ -24,7 +24,7 @@ pub type Outbound = mpsc::Sender<Chunk>;
 /// A channel for the sending half; the receiver becomes the gRPC stream.
 pub fn outbound() -> (Outbound, mpsc::Receiver<Chunk>) {
     // A few chunks in flight keep the writer busy without holding much.
-    mpsc::channel(8)
+    mpsc::channel(4)
 }
 
 /// Relays a TCP connection and a chunk stream until both directions ended.
