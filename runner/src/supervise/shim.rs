@@ -35,8 +35,11 @@ use nix::unistd::Pid;
 /// The hidden first argument that selects shim mode.
 pub const SHIM_ARG: &str = "__tpr-supervise-shim";
 
-/// How often the shim re-checks while stopping.
+/// How often the shim re-checks while stopping; while killing, the tick
+/// grows to `MAX_TICK` so that an unkillable process (uninterruptible
+/// sleep) does not make the shim spin.
 const TICK: Duration = Duration::from_millis(5);
+const MAX_TICK: Duration = Duration::from_millis(200);
 
 /// Runs the shim and exits if this process was started as one; returns
 /// otherwise. `main` must call this first, before any other work.
@@ -160,9 +163,10 @@ fn run(args: ShimArgs) -> i32 {
     let mut leader_status = None;
     let mut deadline: Option<Instant> = None;
     let mut killing = false;
+    let mut tick = TICK;
     loop {
         let event = if killing || deadline.is_some() {
-            match rx.recv_timeout(TICK) {
+            match rx.recv_timeout(tick) {
                 Ok(event) => Some(event),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -174,12 +178,12 @@ fn run(args: ShimArgs) -> i32 {
             }
         };
         match event {
-            Some(ShimEvent::Stop(signal, timeout)) => {
-                if deadline.is_none() && !killing {
-                    let _ = killpg(leader, signal);
-                    deadline = Some(Instant::now() + timeout);
-                }
+            Some(ShimEvent::Stop(signal, timeout)) if deadline.is_none() && !killing => {
+                let _ = killpg(leader, signal);
+                deadline = Some(Instant::now() + timeout);
             }
+            // Already stopping: the first request's deadline stands.
+            Some(ShimEvent::Stop(..)) => {}
             Some(ShimEvent::Kill) => killing = true,
             Some(ShimEvent::LeaderExited(status)) => {
                 leader_status = Some(status);
@@ -203,6 +207,7 @@ fn run(args: ShimArgs) -> i32 {
         }
         if killing {
             kill_all(leader);
+            tick = (tick * 2).min(MAX_TICK);
         }
     }
     exit_like(leader_status)

@@ -200,7 +200,7 @@ mod tests {
         let mut rules = IgnoreRules::new(
             &root,
             &["*.tmp".to_string(), "/docs".to_string()],
-            &[env_file.clone()],
+            std::slice::from_ref(&env_file),
         )
         .unwrap();
         rules.add_dir_root(root.clone());
