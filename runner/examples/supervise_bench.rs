@@ -22,7 +22,10 @@ use tpr::supervise::{ProcessSpec, shim_main_if_requested};
 const CHILD: &str = "__bench-child";
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
 }
 
 fn log(path: &Path, what: &str) {
@@ -59,7 +62,10 @@ fn entries(log_path: &Path, kind: &str) -> Vec<u128> {
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
     while !check() {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -111,7 +117,11 @@ fn main() {
     let exe = std::env::current_exe().expect("own path");
     let mut spec = ProcessSpec::new(
         "bench",
-        vec![exe.display().to_string(), CHILD.into(), log_path.display().to_string()],
+        vec![
+            exe.display().to_string(),
+            CHILD.into(),
+            log_path.display().to_string(),
+        ],
         &root,
     );
     spec.env = tpr::supervise::own_env();
@@ -174,10 +184,22 @@ fn main() {
     println!("watched_dirs {dirs} dirs");
     println!("debounce 50 ms");
     println!("watch_setup_to_first_start {setup_ms:.1} ms");
-    println!("write_to_signal_p50 {:.2} ms", percentile(&mut to_signal, 50.0));
-    println!("write_to_signal_p99 {:.2} ms", percentile(&mut to_signal, 99.0));
-    println!("exit_to_start_p50 {:.2} ms", percentile(&mut to_start, 50.0));
-    println!("exit_to_start_p99 {:.2} ms", percentile(&mut to_start, 99.0));
+    println!(
+        "write_to_signal_p50 {:.2} ms",
+        percentile(&mut to_signal, 50.0)
+    );
+    println!(
+        "write_to_signal_p99 {:.2} ms",
+        percentile(&mut to_signal, 99.0)
+    );
+    println!(
+        "exit_to_start_p50 {:.2} ms",
+        percentile(&mut to_start, 50.0)
+    );
+    println!(
+        "exit_to_start_p99 {:.2} ms",
+        percentile(&mut to_start, 99.0)
+    );
     println!("rss_tpr_watching {rss_tpr:.1} MiB");
     println!("rss_shim {rss_shim:.1} MiB");
 }

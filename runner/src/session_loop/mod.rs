@@ -6,7 +6,9 @@
 //! panic elsewhere in tpr) closes the shims' control pipes and the shims
 //! kill their process trees, so no path out of tpr leaves one running.
 
+mod control;
 mod event;
+mod reconcile;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -20,97 +22,10 @@ use tokio::sync::mpsc;
 use crate::supervise::{Output, ProcessSpec, Running, wait_child};
 use crate::watch::{WatchError, WatchSpec, Watcher};
 
+pub use control::{SessionControl, SessionError, SessionHandle, SessionOptions, control_channel};
 pub use event::{Outcome, SessionEvent};
 
-/// How the session runs.
-#[derive(Debug)]
-pub struct SessionOptions {
-    /// The binary that acts as the supervisor shim: tpr itself by default
-    /// (its `main` calls `supervise::shim_main_if_requested` first).
-    pub shim_exe: PathBuf,
-    /// Return when a process exits, with its status (`tpr up --once`).
-    pub once: bool,
-    /// telepresence.toml and telepresence.local.toml: a change calls the
-    /// reload callback; never a restart trigger by themselves.
-    pub project_files: Vec<PathBuf>,
-    /// Files tpr writes itself (the env file): never a restart trigger.
-    pub ignored_files: Vec<PathBuf>,
-    /// Handle SIGINT and SIGTERM (off for callers that do it themselves and
-    /// use [`SessionHandle`]).
-    pub handle_signals: bool,
-    /// Where updates and shutdown requests come from, besides signals.
-    pub control: Option<SessionControl>,
-}
-
-impl SessionOptions {
-    /// Defaults: tpr itself as the shim, signals handled, not `once`.
-    pub fn new() -> Result<Self, SessionError> {
-        Ok(SessionOptions {
-            shim_exe: std::env::current_exe().map_err(SessionError::OwnBinary)?,
-            once: false,
-            project_files: Vec::new(),
-            ignored_files: Vec::new(),
-            handle_signals: true,
-            control: None,
-        })
-    }
-}
-
-/// Errors that end a session before or instead of running.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// tpr cannot find its own binary to start the supervisor shim.
-    #[error("cannot find tpr's own executable to supervise processes: {0}")]
-    OwnBinary(#[source] std::io::Error),
-    /// Two processes share a name.
-    #[error("two processes are named `{0}`; give each a unique name")]
-    DuplicateName(String),
-    /// Watching could not start (a missing path, the inotify limit...).
-    #[error("process {name}: {source}")]
-    Watch {
-        name: String,
-        #[source]
-        source: WatchError,
-    },
-    /// Watching the project file could not start.
-    #[error("watching the project file: {0}")]
-    ProjectWatch(#[source] WatchError),
-    /// Signal handlers could not be installed.
-    #[error("cannot handle signals: {0}")]
-    Signals(#[source] std::io::Error),
-}
-
-/// Sends updates to a running session (e.g. a new imported env).
-#[derive(Debug, Clone)]
-pub struct SessionHandle(mpsc::UnboundedSender<Control>);
-
-/// The receiving end, given to [`SessionOptions::control`].
-#[derive(Debug)]
-pub struct SessionControl(mpsc::UnboundedReceiver<Control>);
-
-/// A handle and its receiver.
-pub fn control_channel() -> (SessionHandle, SessionControl) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (SessionHandle(tx), SessionControl(rx))
-}
-
-impl SessionHandle {
-    /// Reconciles to `specs` as for a valid project file edit.
-    pub fn update(&self, specs: Vec<ProcessSpec>) {
-        let _ = self.0.send(Control::Update(specs));
-    }
-
-    /// Stops everything; `graceful: false` skips the grace period.
-    pub fn shutdown(&self, graceful: bool) {
-        let _ = self.0.send(Control::Shutdown { graceful });
-    }
-}
-
-#[derive(Debug)]
-enum Control {
-    Update(Vec<ProcessSpec>),
-    Shutdown { graceful: bool },
-}
+use control::Control;
 
 enum Msg {
     Changed {
@@ -179,6 +94,8 @@ struct Session<R, E> {
     next_id: u64,
     _project_watcher: Option<Watcher>,
     shutdown: Option<Outcome>,
+    /// Set where a stop of everything is due but cannot be awaited.
+    stop_pending: bool,
 }
 
 impl<R, E> Session<R, E>
@@ -217,6 +134,7 @@ where
             next_id: 0,
             _project_watcher: project_watcher,
             shutdown: None,
+            stop_pending: false,
         })
     }
 
@@ -254,6 +172,10 @@ where
         let mut terminates = self.signal(SignalKind::terminate())?;
         let mut control = self.options.control.take();
         loop {
+            if self.stop_pending {
+                self.stop_pending = false;
+                self.stop_everything(true).await;
+            }
             if let Some(outcome) = &self.shutdown
                 && self.slots.values().all(|s| s.running.is_none())
             {
@@ -324,6 +246,9 @@ where
     }
 
     fn spawn(&mut self, name: &str) {
+        if self.shutdown.is_some() {
+            return;
+        }
         let run_id = self.next_id();
         let output = if self.slots.len() > 1 {
             Output::Prefixed
@@ -360,11 +285,12 @@ where
                     name: name.to_string(),
                     error: err.to_string(),
                 });
-                if self.options.once && self.shutdown.is_none() {
+                if self.options.once {
                     self.shutdown = Some(Outcome::Exited {
                         name: name.to_string(),
                         status: ExitStatus::from_raw(127 << 8),
                     });
+                    self.stop_pending = true;
                 }
             }
         }
@@ -542,105 +468,6 @@ where
                 }
             }
         }
-    }
-
-    /// Applies new specs: only what changed changes. Watchers are built
-    /// first, so a failure leaves the running state untouched.
-    async fn reconcile(&mut self, specs: Vec<ProcessSpec>) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        if let Err(err) = check_names(&specs) {
-            self.emit(SessionEvent::ReloadFailed {
-                error: err.to_string(),
-            });
-            return;
-        }
-        let mut new_watchers = BTreeMap::new();
-        for spec in &specs {
-            let rebuild = match self.slots.get(&spec.name) {
-                Some(slot) => slot.spec.watch_changed(spec),
-                None => true,
-            };
-            if rebuild {
-                match self.watcher_for(spec) {
-                    Ok(watcher) => {
-                        new_watchers.insert(spec.name.clone(), watcher);
-                    }
-                    Err(err) => {
-                        self.emit(SessionEvent::ReloadFailed {
-                            error: format!("process {}: {err}", spec.name),
-                        });
-                        return;
-                    }
-                }
-            }
-        }
-        let (mut started, mut restarted, mut stopped) = (Vec::new(), Vec::new(), Vec::new());
-        let keep: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        let gone: Vec<String> = self
-            .slots
-            .keys()
-            .filter(|name| !keep.contains(&name.as_str()))
-            .cloned()
-            .collect();
-        for name in gone {
-            stopped.push(name.clone());
-            let running = self.slots.get(&name).is_some_and(|s| s.running.is_some());
-            if running {
-                if let Some(slot) = self.slots.get_mut(&name) {
-                    slot.watcher = None;
-                }
-                self.stop(&name, AfterStop::Remove).await;
-            } else {
-                self.slots.remove(&name);
-            }
-        }
-        for spec in specs {
-            let name = spec.name.clone();
-            let new_watcher = new_watchers.remove(&name);
-            match self.slots.get_mut(&name) {
-                None => {
-                    let (watch_id, watcher) = new_watcher.unwrap_or((0, None));
-                    self.slots.insert(
-                        name.clone(),
-                        Slot {
-                            spec,
-                            run_id: 0,
-                            watch_id,
-                            watcher,
-                            running: None,
-                            after_stop: None,
-                            attempts: 0,
-                        },
-                    );
-                    started.push(name.clone());
-                    self.spawn(&name);
-                }
-                Some(slot) => {
-                    let restart = slot.spec.needs_restart(&spec);
-                    if let Some((watch_id, watcher)) = new_watcher {
-                        slot.watch_id = watch_id;
-                        slot.watcher = watcher;
-                    }
-                    slot.spec = spec;
-                    if restart {
-                        restarted.push(name.clone());
-                        slot.attempts = 0;
-                        if slot.running.is_some() {
-                            self.stop(&name, AfterStop::Restart).await;
-                        } else {
-                            self.spawn(&name);
-                        }
-                    }
-                }
-            }
-        }
-        self.emit(SessionEvent::Reloaded {
-            started,
-            restarted,
-            stopped,
-        });
     }
 }
 

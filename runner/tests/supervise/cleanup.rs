@@ -133,6 +133,50 @@ fn no_orphan_after_sigkill_of_tpr() {
 }
 
 #[test]
+fn no_orphan_after_a_panic_in_tpr() {
+    let project = Project::new();
+    let mut tpr = run_harness(
+        &project,
+        &[
+            "--panic-on-change",
+            "--watch",
+            "src",
+            "--",
+            "sh",
+            "-c",
+            TREE,
+        ],
+    );
+    eventually_blocking("the tree is up", || {
+        processes_with_marker(&project.marker).len() == 6
+    });
+    project.write("src/main.txt", "v2\n");
+    let status = wait_with_timeout(&mut tpr);
+    assert_eq!(
+        status.code(),
+        Some(101),
+        "{}",
+        output_of(&project, "stderr")
+    );
+    eventually_blocking("every process of the tree is gone", || {
+        processes_with_marker(&project.marker).is_empty()
+    });
+}
+
+#[test]
+fn once_with_a_missing_program_exits_127() {
+    let project = Project::new();
+    let mut tpr = run_harness(&project, &["--once", "--", "./missing.sh"]);
+    let status = wait_with_timeout(&mut tpr);
+    assert_eq!(status.code(), Some(127));
+    let stderr = output_of(&project, "stderr");
+    assert!(
+        stderr.contains("program `./missing.sh` not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn sigterm_stops_gracefully_and_exits_143() {
     let project = Project::new();
     let script =

@@ -172,7 +172,14 @@ async fn exits_restart_with_backoff_when_configured() {
         max: Duration::from_secs(30),
     });
     let session = Session::start(vec![spec], |_| {});
-    eventually("several restarts", || project.count("app", "start") >= 4).await;
+    eventually("four exits", || {
+        session
+            .events
+            .count(|e| matches!(e, SessionEvent::Exited { .. }))
+            >= 4
+    })
+    .await;
+    assert!(project.count("app", "start") >= 4);
     let delays: Vec<Duration> = session
         .events
         .all()
