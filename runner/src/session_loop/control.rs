@@ -30,8 +30,18 @@ pub struct SessionOptions {
 impl SessionOptions {
     /// Defaults: tpr itself as the shim, signals handled, not `once`.
     pub fn new() -> Result<Self, SessionError> {
+        // /proc/self/exe rather than the path: it still runs this very
+        // binary after an upgrade replaced or deleted the file.
+        let own = PathBuf::from("/proc/self/exe");
+        if !own.exists() {
+            let err = std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "/proc/self/exe is missing (is /proc mounted?)",
+            );
+            return Err(SessionError::OwnBinary(err));
+        }
         Ok(SessionOptions {
-            shim_exe: std::env::current_exe().map_err(SessionError::OwnBinary)?,
+            shim_exe: own,
             once: false,
             project_files: Vec::new(),
             ignored_files: Vec::new(),

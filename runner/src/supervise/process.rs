@@ -40,6 +40,9 @@ impl Running {
         check_startable(spec)?;
         let mut command = Command::new(shim_exe);
         command
+            // Shows as `tpr __tpr-supervise-shim ...` in ps, whatever path
+            // the binary was started through.
+            .arg0("tpr")
             .args(shim_args(spec.stop_signal, spec.stop_timeout, &spec.argv()))
             .env_clear()
             .envs(&spec.env)
