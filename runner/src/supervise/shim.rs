@@ -8,9 +8,11 @@
 //! - runs in its own process group (so the terminal's Ctrl-C reaches only
 //!   tpr, which then stops processes gracefully) and starts the command in a
 //!   new process group of its own;
-//! - is a child subreaper, so every descendant that loses its parent (even
-//!   one that called `setsid` and left the group) is re-parented to the shim
-//!   and is killed with the rest;
+//! - sends the stop signal to the command's group and to every descendant
+//!   that left it (`setsid`, detached workers: found through /proc), then
+//!   SIGKILL to all of them after the timeout;
+//! - is a child subreaper, so a descendant whose parent dies is re-parented
+//!   to the shim rather than to init and cannot slip away;
 //! - reads commands from its stdin, a pipe whose write end only tpr holds:
 //!   EOF means tpr is gone, however it ended (exit, panic, SIGKILL), and the
 //!   shim kills everything at once. No signal races, no thread caveats;
@@ -179,7 +181,7 @@ fn run(args: ShimArgs) -> i32 {
         };
         match event {
             Some(ShimEvent::Stop(signal, timeout)) if deadline.is_none() && !killing => {
-                let _ = killpg(leader, signal);
+                signal_tree(leader, signal);
                 deadline = Some(Instant::now() + timeout);
             }
             // Already stopping: the first request's deadline stands.
@@ -190,7 +192,7 @@ fn run(args: ShimArgs) -> i32 {
                 // Exited by itself: whatever it left behind in the group
                 // gets the same graceful stop.
                 if deadline.is_none() && !killing {
-                    let _ = killpg(leader, args.stop_signal);
+                    signal_tree(leader, args.stop_signal);
                     deadline = Some(Instant::now() + args.stop_timeout);
                 }
             }
@@ -200,11 +202,9 @@ fn run(args: ShimArgs) -> i32 {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             killing = true;
         }
-        // The group is empty but descendants that left it remain: they had
-        // their chance with the group; do not wait the whole grace for them.
-        if !killing && leader_status.is_some() && killpg(leader, None) == Err(Errno::ESRCH) {
-            killing = true;
-        }
+        // The leader and its group are gone but descendants that left the
+        // group remain: they got the stop signal with the group; wait out
+        // the grace period for them, then SIGKILL.
         if killing {
             kill_all(leader);
             tick = (tick * 2).min(MAX_TICK);
@@ -264,35 +264,58 @@ fn reap(leader: Pid, tx: mpsc::Sender<ShimEvent>) {
     }
 }
 
-/// SIGKILL to the group and to every remaining child of the shim; children
-/// of those are re-parented here when they die and caught on the next tick.
-fn kill_all(leader: Pid) {
-    let _ = killpg(leader, Signal::SIGKILL);
-    for pid in children_of(nix::unistd::getpid()) {
-        let _ = kill(pid, Signal::SIGKILL);
+/// The stop signal to the group and to every descendant that left it
+/// (`setsid`, detached workers), so that they too get their grace period.
+fn signal_tree(leader: Pid, signal: Signal) {
+    let _ = killpg(leader, signal);
+    for pid in descendants_outside(leader) {
+        let _ = kill(pid, signal);
     }
 }
 
-/// Processes whose parent is `parent`, from /proc.
-fn children_of(parent: Pid) -> Vec<Pid> {
+/// SIGKILL to the group and to every descendant of the shim, wherever it
+/// is; any that forks meanwhile is re-parented here and caught next tick.
+fn kill_all(leader: Pid) {
+    signal_tree(leader, Signal::SIGKILL);
+}
+
+/// Descendants of the shim that are not in the command's process group.
+fn descendants_outside(group: Pid) -> Vec<Pid> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
+    let table: Vec<(i32, i32, i32)> = entries
         .filter_map(|entry| {
-            let name = entry.ok()?.file_name();
-            let pid: i32 = name.to_str()?.parse().ok()?;
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            (parent_from_stat(&stat)? == parent.as_raw()).then(|| Pid::from_raw(pid))
+            let (ppid, pgrp) = parent_and_group(&stat)?;
+            Some((pid, ppid, pgrp))
         })
+        .collect();
+    let mut tree = vec![nix::unistd::getpid().as_raw()];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        tree.extend(
+            table
+                .iter()
+                .filter(|(_, ppid, _)| *ppid == parent)
+                .map(|(pid, _, _)| *pid),
+        );
+        next += 1;
+    }
+    table
+        .iter()
+        .filter(|(pid, _, pgrp)| tree[1..].contains(pid) && *pgrp != group.as_raw())
+        .map(|(pid, _, _)| Pid::from_raw(*pid))
         .collect()
 }
 
-/// The ppid field of /proc/PID/stat; the command name may hold spaces and
-/// parentheses, so fields are counted from the last `)`.
-pub(crate) fn parent_from_stat(stat: &str) -> Option<i32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+/// The ppid and pgrp fields of /proc/PID/stat; the command name may hold
+/// spaces and parentheses, so fields are counted from the last `)`.
+pub(crate) fn parent_and_group(stat: &str) -> Option<(i32, i32)> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(1);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
 /// Ends the shim the way the leader ended.
@@ -317,8 +340,8 @@ mod tests {
 
     #[test]
     fn parent_is_read_after_the_command_name() {
-        assert_eq!(parent_from_stat("42 (a) b) c) S 7 42 42 0"), Some(7));
-        assert_eq!(parent_from_stat("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parent_and_group("42 (a) b) c) S 7 40 42 0"), Some((7, 40)));
+        assert_eq!(parent_and_group("1 (init) S 0 1 1"), Some((0, 1)));
     }
 
     #[test]

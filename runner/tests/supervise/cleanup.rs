@@ -30,6 +30,21 @@ async fn grandchildren_die_with_the_group_even_those_that_left_it() {
 }
 
 #[tokio::test]
+async fn descendants_that_left_the_group_get_the_stop_signal_too() {
+    let project = Project::new();
+    let script = "setsid sh -c 'trap \"echo escaped-term >> \\\"$LOG\\\"; exit 0\" TERM; \
+                  echo escaped-ready >> \"$LOG\"; while :; do sleep 0.02; done' & wait";
+    let session = Session::start(vec![project.spec("app", script)], |_| {});
+    eventually("the escaped shell runs", || {
+        project.count("app", "escaped-ready") == 1
+    })
+    .await;
+    session.stop().await;
+    assert_eq!(project.count("app", "escaped-term"), 1);
+    assert_eq!(processes_with_marker(&project.marker), Vec::<i32>::new());
+}
+
+#[tokio::test]
 async fn the_grace_period_is_honoured() {
     let project = Project::new();
     let script = "trap 'echo term >> \"$LOG\"; sleep 0.3; echo done >> \"$LOG\"; exit 0' TERM; \
