@@ -59,6 +59,8 @@ struct Slot {
     watch_id: u64,
     watcher: Option<Watcher>,
     running: Option<Running>,
+    /// The next run, started gated while the current one stops.
+    next: Option<Running>,
     /// Set while a stop we asked for is in progress.
     after_stop: Option<AfterStop>,
     /// Quick exits in a row, for the backoff.
@@ -94,8 +96,6 @@ struct Session<R, E> {
     next_id: u64,
     _project_watcher: Option<Watcher>,
     shutdown: Option<Outcome>,
-    /// Set where a stop of everything is due but cannot be awaited.
-    stop_pending: bool,
 }
 
 impl<R, E> Session<R, E>
@@ -134,7 +134,6 @@ where
             next_id: 0,
             _project_watcher: project_watcher,
             shutdown: None,
-            stop_pending: false,
         })
     }
 
@@ -155,6 +154,7 @@ where
                     watch_id,
                     watcher,
                     running: None,
+                    next: None,
                     after_stop: None,
                     attempts: 0,
                 },
@@ -172,25 +172,21 @@ where
         let mut terminates = self.signal(SignalKind::terminate())?;
         let mut control = self.options.control.take();
         loop {
-            if self.stop_pending {
-                self.stop_pending = false;
-                self.stop_everything(true).await;
-            }
             if let Some(outcome) = &self.shutdown
                 && self.slots.values().all(|s| s.running.is_none())
             {
                 return Ok(outcome.clone());
             }
             tokio::select! {
-                Some(msg) = self.rx.recv() => self.handle(msg).await,
-                Some(()) = recv_signal(&mut interrupts) => self.stop_all(Outcome::Interrupted).await,
-                Some(()) = recv_signal(&mut terminates) => self.stop_all(Outcome::Terminated).await,
+                Some(msg) = self.rx.recv() => self.handle(msg),
+                Some(()) = recv_signal(&mut interrupts) => self.stop_all(Outcome::Interrupted),
+                Some(()) = recv_signal(&mut terminates) => self.stop_all(Outcome::Terminated),
                 Some(request) = recv_control(&mut control) => match request {
-                    Control::Update(specs) => self.reconcile(specs).await,
-                    Control::Shutdown { graceful: true } => self.stop_all(Outcome::Shutdown).await,
+                    Control::Update(specs) => self.reconcile(specs),
+                    Control::Shutdown { graceful: true } => self.stop_all(Outcome::Shutdown),
                     Control::Shutdown { graceful: false } => {
-                        self.stop_all(Outcome::Shutdown).await;
-                        self.stop_all(Outcome::Shutdown).await;
+                        self.stop_all(Outcome::Shutdown);
+                        self.stop_all(Outcome::Shutdown);
                     }
                 },
             }
@@ -245,21 +241,33 @@ where
         Ok((watch_id, Some(watcher)))
     }
 
+    fn output(&self) -> Output {
+        if self.slots.len() > 1 {
+            Output::Prefixed
+        } else {
+            Output::Inherit
+        }
+    }
+
+    /// Starts `name`, through its prepared next run if there is one.
     fn spawn(&mut self, name: &str) {
         if self.shutdown.is_some() {
             return;
         }
         let run_id = self.next_id();
-        let output = if self.slots.len() > 1 {
-            Output::Prefixed
-        } else {
-            Output::Inherit
-        };
+        let output = self.output();
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
         slot.run_id = run_id;
-        match Running::spawn(&slot.spec, &self.options.shim_exe, output) {
+        let started = match slot.next.take() {
+            Some(mut prepared) => {
+                prepared.go();
+                Ok(prepared)
+            }
+            None => Running::spawn(&slot.spec, &self.options.shim_exe, output, false),
+        };
+        match started {
             Ok(mut running) => {
                 let pid = running.pid;
                 if let Some(child) = running.take_child() {
@@ -290,30 +298,45 @@ where
                         name: name.to_string(),
                         status: ExitStatus::from_raw(127 << 8),
                     });
-                    self.stop_pending = true;
+                    self.stop_everything(true);
                 }
             }
         }
     }
 
+    /// Starts the next run of `name` gated, so that the restart after the
+    /// current run's exit costs one exec, not a shim start too. A failure
+    /// here is left for [`Session::spawn`] to report.
+    fn prepare(&mut self, name: &str) {
+        let output = self.output();
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        if self.shutdown.is_none() && slot.next.is_none() {
+            slot.next = Running::spawn(&slot.spec, &self.options.shim_exe, output, true).ok();
+        }
+    }
+
     /// Asks a running process to stop gracefully, then `after` it.
-    async fn stop(&mut self, name: &str, after: AfterStop) {
+    fn stop(&mut self, name: &str, after: AfterStop) {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
         if slot.after_stop.is_none()
             && let Some(running) = slot.running.as_mut()
         {
-            running
-                .stop(slot.spec.stop_signal, slot.spec.stop_timeout)
-                .await;
+            running.stop(slot.spec.stop_signal, slot.spec.stop_timeout);
         }
         if slot.after_stop != Some(AfterStop::Remove) {
             slot.after_stop = Some(after);
         }
+        match slot.after_stop {
+            Some(AfterStop::Restart) => self.prepare(name),
+            _ => slot.next = None,
+        }
     }
 
-    async fn handle(&mut self, msg: Msg) {
+    fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Changed {
                 name,
@@ -328,7 +351,7 @@ where
                     return;
                 }
                 match result {
-                    Ok(paths) => self.changed(&name, paths).await,
+                    Ok(paths) => self.changed(&name, paths),
                     Err(err) => self.emit(SessionEvent::WatchFailed {
                         name,
                         error: err.to_string(),
@@ -341,7 +364,7 @@ where
                 }
                 match result {
                     Ok(_) => match (self.reload)() {
-                        Ok(specs) => self.reconcile(specs).await,
+                        Ok(specs) => self.reconcile(specs),
                         Err(error) => self.emit(SessionEvent::ReloadFailed { error }),
                     },
                     Err(err) => self.emit(SessionEvent::WatchFailed {
@@ -354,7 +377,7 @@ where
                 name,
                 run_id,
                 status,
-            } => self.exited(&name, run_id, status).await,
+            } => self.exited(&name, run_id, status),
             Msg::BackoffDue { name, run_id } => {
                 let due = self
                     .slots
@@ -367,7 +390,7 @@ where
         }
     }
 
-    async fn changed(&mut self, name: &str, paths: Vec<PathBuf>) {
+    fn changed(&mut self, name: &str, paths: Vec<PathBuf>) {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
@@ -379,13 +402,13 @@ where
                     paths,
                 });
             }
-            self.stop(name, AfterStop::Restart).await;
+            self.stop(name, AfterStop::Restart);
         } else {
             self.spawn(name);
         }
     }
 
-    async fn exited(&mut self, name: &str, run_id: u64, status: ExitStatus) {
+    fn exited(&mut self, name: &str, run_id: u64, status: ExitStatus) {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
@@ -417,7 +440,7 @@ where
                         name: name.to_string(),
                         status,
                     });
-                    self.stop_everything(true).await;
+                    self.stop_everything(true);
                     return;
                 }
                 let restart_in = slot.spec.restart_on_exit.map(|backoff| {
@@ -446,25 +469,24 @@ where
     }
 
     /// First call: graceful stop of everything. Second: kill at once.
-    async fn stop_all(&mut self, outcome: Outcome) {
+    fn stop_all(&mut self, outcome: Outcome) {
         let graceful = self.shutdown.is_none();
         if graceful {
             self.shutdown = Some(outcome);
         }
         self.emit(SessionEvent::Stopping { graceful });
-        self.stop_everything(graceful).await;
+        self.stop_everything(graceful);
     }
 
-    async fn stop_everything(&mut self, graceful: bool) {
+    fn stop_everything(&mut self, graceful: bool) {
         for slot in self.slots.values_mut() {
             slot.watcher = None;
+            slot.next = None;
             if let Some(running) = slot.running.as_mut() {
                 if graceful {
-                    running
-                        .stop(slot.spec.stop_signal, slot.spec.stop_timeout)
-                        .await;
+                    running.stop(slot.spec.stop_signal, slot.spec.stop_timeout);
                 } else {
-                    running.kill().await;
+                    running.kill();
                 }
             }
         }

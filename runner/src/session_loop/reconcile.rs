@@ -13,7 +13,7 @@ where
 {
     /// Applies new specs: only what changed changes. Watchers are built
     /// first, so a failure leaves the running state untouched.
-    pub(super) async fn reconcile(&mut self, specs: Vec<ProcessSpec>) {
+    pub(super) fn reconcile(&mut self, specs: Vec<ProcessSpec>) {
         if self.shutdown.is_some() {
             return;
         }
@@ -58,7 +58,7 @@ where
                 if let Some(slot) = self.slots.get_mut(&name) {
                     slot.watcher = None;
                 }
-                self.stop(&name, AfterStop::Remove).await;
+                self.stop(&name, AfterStop::Remove);
             } else {
                 self.slots.remove(&name);
             }
@@ -77,6 +77,7 @@ where
                             watch_id,
                             watcher,
                             running: None,
+                            next: None,
                             after_stop: None,
                             attempts: 0,
                         },
@@ -92,10 +93,12 @@ where
                     }
                     slot.spec = spec;
                     if restart {
+                        // Prepared with the old spec.
+                        slot.next = None;
                         restarted.push(name.clone());
                         slot.attempts = 0;
                         if slot.running.is_some() {
-                            self.stop(&name, AfterStop::Restart).await;
+                            self.stop(&name, AfterStop::Restart);
                         } else {
                             self.spawn(&name);
                         }

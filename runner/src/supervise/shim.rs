@@ -19,8 +19,9 @@
 //! - exits only when no descendant is left, with the leader's status (or
 //!   dying by the same signal), so tpr sees exactly what the command did.
 //!
-//! Protocol on stdin, one line each: `stop <signal number> <timeout ms>`
-//! (graceful: the signal to the group, SIGKILL after the timeout) and `kill`.
+//! Protocol on stdin, one line each: `go` (first, for a gated shim),
+//! `stop <signal number> <timeout ms>` (graceful: the signal to the group,
+//! SIGKILL after the timeout) and `kill`.
 
 use std::ffi::{OsStr, OsString};
 use std::io::BufRead;
@@ -64,16 +65,21 @@ pub fn shim_main_if_requested() {
     std::process::exit(code);
 }
 
-/// The argv tpr uses to start a shim for `command`.
+/// The argv tpr uses to start a shim for `command`. A `gated` shim waits
+/// for a `go` line before starting the command: tpr starts it while the old
+/// process is still stopping, which takes the shim's own start out of the
+/// restart's critical path.
 pub(crate) fn shim_args(
     stop_signal: Signal,
     stop_timeout: Duration,
+    gated: bool,
     command: &[String],
 ) -> Vec<OsString> {
     let mut args = vec![
         OsString::from(SHIM_ARG),
         OsString::from((stop_signal as i32).to_string()),
         OsString::from(stop_timeout.as_millis().to_string()),
+        OsString::from(if gated { "gated" } else { "now" }),
     ];
     args.extend(command.iter().map(OsString::from));
     args
@@ -82,6 +88,7 @@ pub(crate) fn shim_args(
 struct ShimArgs {
     stop_signal: Signal,
     stop_timeout: Duration,
+    gated: bool,
     program: OsString,
     args: Vec<OsString>,
 }
@@ -91,11 +98,17 @@ impl ShimArgs {
         let number = |s: &OsString| s.to_str()?.parse::<u64>().ok();
         let stop_signal = Signal::try_from(i32::try_from(number(args.first()?)?).ok()?).ok()?;
         let stop_timeout = Duration::from_millis(number(args.get(1)?)?);
+        let gated = match args.get(2)?.to_str()? {
+            "gated" => true,
+            "now" => false,
+            _ => return None,
+        };
         Some(ShimArgs {
             stop_signal,
             stop_timeout,
-            program: args.get(2)?.clone(),
-            args: args[3..].to_vec(),
+            gated,
+            program: args.get(3)?.clone(),
+            args: args[4..].to_vec(),
         })
     }
 }
@@ -111,6 +124,13 @@ enum ShimEvent {
 }
 
 fn run(args: ShimArgs) -> i32 {
+    if args.gated {
+        let mut line = String::new();
+        // Anything but `go` (EOF: tpr dropped the prepared start) ends here.
+        if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+            return 0;
+        }
+    }
     // Best effort: without it (very old kernels) only the group is killed.
     let _ = nix::sys::prctl::set_child_subreaper(true);
     // The command starts with no signal blocked (std does not reset the
@@ -359,11 +379,13 @@ mod tests {
         let args = shim_args(
             Signal::SIGINT,
             Duration::from_millis(300),
+            true,
             &["a".into(), "b".into()],
         );
         let parsed = ShimArgs::parse(&args[1..]).unwrap();
         assert_eq!(parsed.stop_signal, Signal::SIGINT);
         assert_eq!(parsed.stop_timeout, Duration::from_millis(300));
+        assert!(parsed.gated);
         assert_eq!(parsed.program, "a");
         assert_eq!(parsed.args, vec![OsString::from("b")]);
     }

@@ -259,14 +259,15 @@ fn output_is_prefixed_when_several_processes_run() {
             "--",
             "sh",
             "-c",
-            "echo hello; echo oops >&2; printf partial",
+            // Exits (ending the --once session) only after worker printed.
+            "while [ ! -e worker-ready ]; do sleep 0.01; done; echo hello; echo oops >&2; printf partial",
             "::",
             "--name",
             "worker",
             "--",
             "sh",
             "-c",
-            "echo from worker; exec sleep 1000",
+            "echo from worker; touch worker-ready; exec sleep 1000",
         ],
     );
     let status = wait_with_timeout(&mut tpr);

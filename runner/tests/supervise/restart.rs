@@ -224,3 +224,21 @@ async fn a_missing_program_is_reported_and_retried_on_change() {
     .await;
     session.stop().await;
 }
+
+#[tokio::test]
+async fn the_new_run_starts_only_after_the_old_one_exited() {
+    let project = Project::new();
+    // Slow to stop: a new run started early would log before `stopped`.
+    let script =
+        "trap 'sleep 0.3; echo stopped >> \"$LOG\"; exit 0' TERM; while :; do sleep 0.02; done";
+    let session = Session::start(vec![project.spec("app", script)], |_| {});
+    eventually("first start", || project.count("app", "start") == 1).await;
+    project.write("src/main.txt", "v2\n");
+    eventually("restart", || project.count("app", "start") == 2).await;
+    let log = std::fs::read_to_string(project.log("app")).unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["start", "stopped", "start"]
+    );
+    session.stop().await;
+}
