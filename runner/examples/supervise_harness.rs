@@ -3,7 +3,11 @@
 //! arguments.
 //!
 //! supervise_harness [--once] [--project FILE] [--env-file FILE]
-//!     [--name NAME] [--watch PATH] [--stop-timeout-ms N] -- COMMAND... [:: ...]
+//!     [--panic-on-change] [--name NAME] [--watch PATH] [--stop-timeout-ms N]
+//!     -- COMMAND... [:: ...]
+//!
+//! `--panic-on-change` panics in the event handler on the first restart, to
+//! test that a panicking tpr leaves nothing behind.
 //!
 //! `::` separates processes. Events go to stderr as `tpr: ...`.
 
@@ -11,13 +15,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tpr::session_loop::{SessionOptions, run_session};
+use tpr::session_loop::{SessionEvent, SessionOptions, run_session};
 use tpr::supervise::{ProcessSpec, own_env, shim_main_if_requested};
 
 fn main() -> ExitCode {
     shim_main_if_requested();
     let mut options = SessionOptions::new().expect("own executable");
     let mut specs = Vec::new();
+    let mut panic_on_change = false;
     let cwd = std::env::current_dir().expect("cwd");
     let mut args = std::env::args().skip(1).peekable();
     while args.peek().is_some() {
@@ -26,6 +31,7 @@ fn main() -> ExitCode {
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--once" => options.once = true,
+                "--panic-on-change" => panic_on_change = true,
                 "--project" => options
                     .project_files
                     .push(PathBuf::from(args.next().expect("FILE"))),
@@ -58,7 +64,12 @@ fn main() -> ExitCode {
         specs,
         || Err("the harness has no project file to re-read".to_string()),
         options,
-        |event| eprintln!("tpr: {event}"),
+        |event| {
+            eprintln!("tpr: {event}");
+            if panic_on_change && matches!(event, SessionEvent::Changed { .. }) {
+                panic!("the harness panics on a change, as asked");
+            }
+        },
     ));
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),

@@ -6,7 +6,9 @@
 //! panic elsewhere in tpr) closes the shims' control pipes and the shims
 //! kill their process trees, so no path out of tpr leaves one running.
 
+mod control;
 mod event;
+mod reconcile;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -20,97 +22,10 @@ use tokio::sync::mpsc;
 use crate::supervise::{Output, ProcessSpec, Running, wait_child};
 use crate::watch::{WatchError, WatchSpec, Watcher};
 
+pub use control::{SessionControl, SessionError, SessionHandle, SessionOptions, control_channel};
 pub use event::{Outcome, SessionEvent};
 
-/// How the session runs.
-#[derive(Debug)]
-pub struct SessionOptions {
-    /// The binary that acts as the supervisor shim: tpr itself by default
-    /// (its `main` calls `supervise::shim_main_if_requested` first).
-    pub shim_exe: PathBuf,
-    /// Return when a process exits, with its status (`tpr up --once`).
-    pub once: bool,
-    /// telepresence.toml and telepresence.local.toml: a change calls the
-    /// reload callback; never a restart trigger by themselves.
-    pub project_files: Vec<PathBuf>,
-    /// Files tpr writes itself (the env file): never a restart trigger.
-    pub ignored_files: Vec<PathBuf>,
-    /// Handle SIGINT and SIGTERM (off for callers that do it themselves and
-    /// use [`SessionHandle`]).
-    pub handle_signals: bool,
-    /// Where updates and shutdown requests come from, besides signals.
-    pub control: Option<SessionControl>,
-}
-
-impl SessionOptions {
-    /// Defaults: tpr itself as the shim, signals handled, not `once`.
-    pub fn new() -> Result<Self, SessionError> {
-        Ok(SessionOptions {
-            shim_exe: std::env::current_exe().map_err(SessionError::OwnBinary)?,
-            once: false,
-            project_files: Vec::new(),
-            ignored_files: Vec::new(),
-            handle_signals: true,
-            control: None,
-        })
-    }
-}
-
-/// Errors that end a session before or instead of running.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// tpr cannot find its own binary to start the supervisor shim.
-    #[error("cannot find tpr's own executable to supervise processes: {0}")]
-    OwnBinary(#[source] std::io::Error),
-    /// Two processes share a name.
-    #[error("two processes are named `{0}`; give each a unique name")]
-    DuplicateName(String),
-    /// Watching could not start (a missing path, the inotify limit...).
-    #[error("process {name}: {source}")]
-    Watch {
-        name: String,
-        #[source]
-        source: WatchError,
-    },
-    /// Watching the project file could not start.
-    #[error("watching the project file: {0}")]
-    ProjectWatch(#[source] WatchError),
-    /// Signal handlers could not be installed.
-    #[error("cannot handle signals: {0}")]
-    Signals(#[source] std::io::Error),
-}
-
-/// Sends updates to a running session (e.g. a new imported env).
-#[derive(Debug, Clone)]
-pub struct SessionHandle(mpsc::UnboundedSender<Control>);
-
-/// The receiving end, given to [`SessionOptions::control`].
-#[derive(Debug)]
-pub struct SessionControl(mpsc::UnboundedReceiver<Control>);
-
-/// A handle and its receiver.
-pub fn control_channel() -> (SessionHandle, SessionControl) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (SessionHandle(tx), SessionControl(rx))
-}
-
-impl SessionHandle {
-    /// Reconciles to `specs` as for a valid project file edit.
-    pub fn update(&self, specs: Vec<ProcessSpec>) {
-        let _ = self.0.send(Control::Update(specs));
-    }
-
-    /// Stops everything; `graceful: false` skips the grace period.
-    pub fn shutdown(&self, graceful: bool) {
-        let _ = self.0.send(Control::Shutdown { graceful });
-    }
-}
-
-#[derive(Debug)]
-enum Control {
-    Update(Vec<ProcessSpec>),
-    Shutdown { graceful: bool },
-}
+use control::Control;
 
 enum Msg {
     Changed {
@@ -144,6 +59,8 @@ struct Slot {
     watch_id: u64,
     watcher: Option<Watcher>,
     running: Option<Running>,
+    /// The next run, started gated while the current one stops.
+    next: Option<Running>,
     /// Set while a stop we asked for is in progress.
     after_stop: Option<AfterStop>,
     /// Quick exits in a row, for the backoff.
@@ -237,6 +154,7 @@ where
                     watch_id,
                     watcher,
                     running: None,
+                    next: None,
                     after_stop: None,
                     attempts: 0,
                 },
@@ -260,15 +178,15 @@ where
                 return Ok(outcome.clone());
             }
             tokio::select! {
-                Some(msg) = self.rx.recv() => self.handle(msg).await,
-                Some(()) = recv_signal(&mut interrupts) => self.stop_all(Outcome::Interrupted).await,
-                Some(()) = recv_signal(&mut terminates) => self.stop_all(Outcome::Terminated).await,
+                Some(msg) = self.rx.recv() => self.handle(msg),
+                Some(()) = recv_signal(&mut interrupts) => self.stop_all(Outcome::Interrupted),
+                Some(()) = recv_signal(&mut terminates) => self.stop_all(Outcome::Terminated),
                 Some(request) = recv_control(&mut control) => match request {
-                    Control::Update(specs) => self.reconcile(specs).await,
-                    Control::Shutdown { graceful: true } => self.stop_all(Outcome::Shutdown).await,
+                    Control::Update(specs) => self.reconcile(specs),
+                    Control::Shutdown { graceful: true } => self.stop_all(Outcome::Shutdown),
                     Control::Shutdown { graceful: false } => {
-                        self.stop_all(Outcome::Shutdown).await;
-                        self.stop_all(Outcome::Shutdown).await;
+                        self.stop_all(Outcome::Shutdown);
+                        self.stop_all(Outcome::Shutdown);
                     }
                 },
             }
@@ -323,18 +241,33 @@ where
         Ok((watch_id, Some(watcher)))
     }
 
-    fn spawn(&mut self, name: &str) {
-        let run_id = self.next_id();
-        let output = if self.slots.len() > 1 {
+    fn output(&self) -> Output {
+        if self.slots.len() > 1 {
             Output::Prefixed
         } else {
             Output::Inherit
-        };
+        }
+    }
+
+    /// Starts `name`, through its prepared next run if there is one.
+    fn spawn(&mut self, name: &str) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let run_id = self.next_id();
+        let output = self.output();
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
         slot.run_id = run_id;
-        match Running::spawn(&slot.spec, &self.options.shim_exe, output) {
+        let started = match slot.next.take() {
+            Some(mut prepared) => {
+                prepared.go();
+                Ok(prepared)
+            }
+            None => Running::spawn(&slot.spec, &self.options.shim_exe, output, false),
+        };
+        match started {
             Ok(mut running) => {
                 let pid = running.pid;
                 if let Some(child) = running.take_child() {
@@ -360,34 +293,50 @@ where
                     name: name.to_string(),
                     error: err.to_string(),
                 });
-                if self.options.once && self.shutdown.is_none() {
+                if self.options.once {
                     self.shutdown = Some(Outcome::Exited {
                         name: name.to_string(),
                         status: ExitStatus::from_raw(127 << 8),
                     });
+                    self.stop_everything(true);
                 }
             }
         }
     }
 
+    /// Starts the next run of `name` gated, so that the restart after the
+    /// current run's exit costs one exec, not a shim start too. A failure
+    /// here is left for [`Session::spawn`] to report.
+    fn prepare(&mut self, name: &str) {
+        let output = self.output();
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        if self.shutdown.is_none() && slot.next.is_none() {
+            slot.next = Running::spawn(&slot.spec, &self.options.shim_exe, output, true).ok();
+        }
+    }
+
     /// Asks a running process to stop gracefully, then `after` it.
-    async fn stop(&mut self, name: &str, after: AfterStop) {
+    fn stop(&mut self, name: &str, after: AfterStop) {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
         if slot.after_stop.is_none()
             && let Some(running) = slot.running.as_mut()
         {
-            running
-                .stop(slot.spec.stop_signal, slot.spec.stop_timeout)
-                .await;
+            running.stop(slot.spec.stop_signal, slot.spec.stop_timeout);
         }
         if slot.after_stop != Some(AfterStop::Remove) {
             slot.after_stop = Some(after);
         }
+        match slot.after_stop {
+            Some(AfterStop::Restart) => self.prepare(name),
+            _ => slot.next = None,
+        }
     }
 
-    async fn handle(&mut self, msg: Msg) {
+    fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Changed {
                 name,
@@ -402,7 +351,7 @@ where
                     return;
                 }
                 match result {
-                    Ok(paths) => self.changed(&name, paths).await,
+                    Ok(paths) => self.changed(&name, paths),
                     Err(err) => self.emit(SessionEvent::WatchFailed {
                         name,
                         error: err.to_string(),
@@ -415,7 +364,7 @@ where
                 }
                 match result {
                     Ok(_) => match (self.reload)() {
-                        Ok(specs) => self.reconcile(specs).await,
+                        Ok(specs) => self.reconcile(specs),
                         Err(error) => self.emit(SessionEvent::ReloadFailed { error }),
                     },
                     Err(err) => self.emit(SessionEvent::WatchFailed {
@@ -428,7 +377,7 @@ where
                 name,
                 run_id,
                 status,
-            } => self.exited(&name, run_id, status).await,
+            } => self.exited(&name, run_id, status),
             Msg::BackoffDue { name, run_id } => {
                 let due = self
                     .slots
@@ -441,7 +390,7 @@ where
         }
     }
 
-    async fn changed(&mut self, name: &str, paths: Vec<PathBuf>) {
+    fn changed(&mut self, name: &str, paths: Vec<PathBuf>) {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
@@ -453,13 +402,13 @@ where
                     paths,
                 });
             }
-            self.stop(name, AfterStop::Restart).await;
+            self.stop(name, AfterStop::Restart);
         } else {
             self.spawn(name);
         }
     }
 
-    async fn exited(&mut self, name: &str, run_id: u64, status: ExitStatus) {
+    fn exited(&mut self, name: &str, run_id: u64, status: ExitStatus) {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
@@ -491,7 +440,7 @@ where
                         name: name.to_string(),
                         status,
                     });
-                    self.stop_everything(true).await;
+                    self.stop_everything(true);
                     return;
                 }
                 let restart_in = slot.spec.restart_on_exit.map(|backoff| {
@@ -520,127 +469,27 @@ where
     }
 
     /// First call: graceful stop of everything. Second: kill at once.
-    async fn stop_all(&mut self, outcome: Outcome) {
+    fn stop_all(&mut self, outcome: Outcome) {
         let graceful = self.shutdown.is_none();
         if graceful {
             self.shutdown = Some(outcome);
         }
         self.emit(SessionEvent::Stopping { graceful });
-        self.stop_everything(graceful).await;
+        self.stop_everything(graceful);
     }
 
-    async fn stop_everything(&mut self, graceful: bool) {
+    fn stop_everything(&mut self, graceful: bool) {
         for slot in self.slots.values_mut() {
             slot.watcher = None;
+            slot.next = None;
             if let Some(running) = slot.running.as_mut() {
                 if graceful {
-                    running
-                        .stop(slot.spec.stop_signal, slot.spec.stop_timeout)
-                        .await;
+                    running.stop(slot.spec.stop_signal, slot.spec.stop_timeout);
                 } else {
-                    running.kill().await;
+                    running.kill();
                 }
             }
         }
-    }
-
-    /// Applies new specs: only what changed changes. Watchers are built
-    /// first, so a failure leaves the running state untouched.
-    async fn reconcile(&mut self, specs: Vec<ProcessSpec>) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        if let Err(err) = check_names(&specs) {
-            self.emit(SessionEvent::ReloadFailed {
-                error: err.to_string(),
-            });
-            return;
-        }
-        let mut new_watchers = BTreeMap::new();
-        for spec in &specs {
-            let rebuild = match self.slots.get(&spec.name) {
-                Some(slot) => slot.spec.watch_changed(spec),
-                None => true,
-            };
-            if rebuild {
-                match self.watcher_for(spec) {
-                    Ok(watcher) => {
-                        new_watchers.insert(spec.name.clone(), watcher);
-                    }
-                    Err(err) => {
-                        self.emit(SessionEvent::ReloadFailed {
-                            error: format!("process {}: {err}", spec.name),
-                        });
-                        return;
-                    }
-                }
-            }
-        }
-        let (mut started, mut restarted, mut stopped) = (Vec::new(), Vec::new(), Vec::new());
-        let keep: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        let gone: Vec<String> = self
-            .slots
-            .keys()
-            .filter(|name| !keep.contains(&name.as_str()))
-            .cloned()
-            .collect();
-        for name in gone {
-            stopped.push(name.clone());
-            let running = self.slots.get(&name).is_some_and(|s| s.running.is_some());
-            if running {
-                if let Some(slot) = self.slots.get_mut(&name) {
-                    slot.watcher = None;
-                }
-                self.stop(&name, AfterStop::Remove).await;
-            } else {
-                self.slots.remove(&name);
-            }
-        }
-        for spec in specs {
-            let name = spec.name.clone();
-            let new_watcher = new_watchers.remove(&name);
-            match self.slots.get_mut(&name) {
-                None => {
-                    let (watch_id, watcher) = new_watcher.unwrap_or((0, None));
-                    self.slots.insert(
-                        name.clone(),
-                        Slot {
-                            spec,
-                            run_id: 0,
-                            watch_id,
-                            watcher,
-                            running: None,
-                            after_stop: None,
-                            attempts: 0,
-                        },
-                    );
-                    started.push(name.clone());
-                    self.spawn(&name);
-                }
-                Some(slot) => {
-                    let restart = slot.spec.needs_restart(&spec);
-                    if let Some((watch_id, watcher)) = new_watcher {
-                        slot.watch_id = watch_id;
-                        slot.watcher = watcher;
-                    }
-                    slot.spec = spec;
-                    if restart {
-                        restarted.push(name.clone());
-                        slot.attempts = 0;
-                        if slot.running.is_some() {
-                            self.stop(&name, AfterStop::Restart).await;
-                        } else {
-                            self.spawn(&name);
-                        }
-                    }
-                }
-            }
-        }
-        self.emit(SessionEvent::Reloaded {
-            started,
-            restarted,
-            stopped,
-        });
     }
 }
 

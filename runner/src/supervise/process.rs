@@ -8,8 +8,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, Command};
 
 use super::shim::shim_args;
 use super::{Error, ProcessSpec};
@@ -24,23 +23,41 @@ pub enum Output {
     Prefixed,
 }
 
-/// A started process. Dropping it closes the control pipe, and the shim then
-/// kills the whole process tree: no path out of tpr leaves one running.
+/// A started process (or, gated, one ready to start). Dropping it closes
+/// the control pipe, and the shim then kills the whole process tree (or, if
+/// gated, exits): no path out of tpr leaves one running.
 pub struct Running {
+    /// The shim's pid.
     pub pid: u32,
     pub started: Instant,
-    control: ChildStdin,
+    /// A blocking pipe: every message is a few bytes, far below the pipe's
+    /// capacity, so writes never wait, and can be made from sync code.
+    control: std::fs::File,
     child: Option<Child>,
 }
 
 impl Running {
     /// Starts `spec` under a shim (`shim_exe` must call
-    /// [`super::shim_main_if_requested`] first thing in `main`).
-    pub fn spawn(spec: &ProcessSpec, shim_exe: &Path, output: Output) -> Result<Running, Error> {
+    /// [`super::shim_main_if_requested`] first thing in `main`). `gated`:
+    /// the shim starts but waits for [`Running::go`] to start the command.
+    pub fn spawn(
+        spec: &ProcessSpec,
+        shim_exe: &Path,
+        output: Output,
+        gated: bool,
+    ) -> Result<Running, Error> {
         check_startable(spec)?;
         let mut command = Command::new(shim_exe);
         command
-            .args(shim_args(spec.stop_signal, spec.stop_timeout, &spec.argv()))
+            // Shows as `tpr __tpr-supervise-shim ...` in ps, whatever path
+            // the binary was started through.
+            .arg0("tpr")
+            .args(shim_args(
+                spec.stop_signal,
+                spec.stop_timeout,
+                gated,
+                &spec.argv(),
+            ))
             .env_clear()
             .envs(&spec.env)
             .current_dir(&spec.workdir)
@@ -54,7 +71,15 @@ impl Running {
             source,
         })?;
         let pid = child.id().unwrap_or_default();
-        let control = child.stdin.take().expect("stdin is piped");
+        let control = child
+            .stdin
+            .take()
+            .and_then(|stdin| stdin.into_owned_fd().ok())
+            .map(std::fs::File::from)
+            .ok_or_else(|| Error::Spawn {
+                name: spec.name.clone(),
+                source: std::io::Error::other("no control pipe to the shim"),
+            })?;
         if output == Output::Prefixed {
             let prefix = format!("[{}] ", spec.name);
             if let Some(out) = child.stdout.take().and_then(|s| s.into_owned_fd().ok()) {
@@ -72,17 +97,26 @@ impl Running {
         })
     }
 
+    /// Starts the command of a gated shim.
+    pub fn go(&mut self) {
+        self.started = Instant::now();
+        self.send("go\n");
+    }
+
     /// Asks for a graceful stop: `signal` to the group, SIGKILL after
-    /// `timeout`. Returns at once; [`Running::wait`] says when it is over.
-    pub async fn stop(&mut self, signal: Signal, timeout: Duration) {
-        let line = format!("stop {} {}\n", signal as i32, timeout.as_millis());
-        // A write error means the shim is already gone: nothing to stop.
-        let _ = self.control.write_all(line.as_bytes()).await;
+    /// `timeout`. Returns at once; the child's exit says when it is over.
+    pub fn stop(&mut self, signal: Signal, timeout: Duration) {
+        self.send(&format!("stop {} {}\n", signal as i32, timeout.as_millis()));
     }
 
     /// Kills the whole tree now (second Ctrl-C).
-    pub async fn kill(&mut self) {
-        let _ = self.control.write_all(b"kill\n").await;
+    pub fn kill(&mut self) {
+        self.send("kill\n");
+    }
+
+    fn send(&mut self, line: &str) {
+        // A write error means the shim is already gone: nothing to do.
+        let _ = self.control.write_all(line.as_bytes());
     }
 
     /// Takes the child so that a task can wait for it while this handle keeps

@@ -8,17 +8,20 @@
 //! - runs in its own process group (so the terminal's Ctrl-C reaches only
 //!   tpr, which then stops processes gracefully) and starts the command in a
 //!   new process group of its own;
-//! - is a child subreaper, so every descendant that loses its parent (even
-//!   one that called `setsid` and left the group) is re-parented to the shim
-//!   and is killed with the rest;
+//! - sends the stop signal to the command's group and to every descendant
+//!   that left it (`setsid`, detached workers: found through /proc), then
+//!   SIGKILL to all of them after the timeout;
+//! - is a child subreaper, so a descendant whose parent dies is re-parented
+//!   to the shim rather than to init and cannot slip away;
 //! - reads commands from its stdin, a pipe whose write end only tpr holds:
 //!   EOF means tpr is gone, however it ended (exit, panic, SIGKILL), and the
 //!   shim kills everything at once. No signal races, no thread caveats;
 //! - exits only when no descendant is left, with the leader's status (or
 //!   dying by the same signal), so tpr sees exactly what the command did.
 //!
-//! Protocol on stdin, one line each: `stop <signal number> <timeout ms>`
-//! (graceful: the signal to the group, SIGKILL after the timeout) and `kill`.
+//! Protocol on stdin, one line each: `go` (first, for a gated shim),
+//! `stop <signal number> <timeout ms>` (graceful: the signal to the group,
+//! SIGKILL after the timeout) and `kill`.
 
 use std::ffi::{OsStr, OsString};
 use std::io::BufRead;
@@ -35,8 +38,11 @@ use nix::unistd::Pid;
 /// The hidden first argument that selects shim mode.
 pub const SHIM_ARG: &str = "__tpr-supervise-shim";
 
-/// How often the shim re-checks while stopping.
+/// How often the shim re-checks while stopping; while killing, the tick
+/// grows to `MAX_TICK` so that an unkillable process (uninterruptible
+/// sleep) does not make the shim spin.
 const TICK: Duration = Duration::from_millis(5);
+const MAX_TICK: Duration = Duration::from_millis(200);
 
 /// Runs the shim and exits if this process was started as one; returns
 /// otherwise. `main` must call this first, before any other work.
@@ -59,16 +65,21 @@ pub fn shim_main_if_requested() {
     std::process::exit(code);
 }
 
-/// The argv tpr uses to start a shim for `command`.
+/// The argv tpr uses to start a shim for `command`. A `gated` shim waits
+/// for a `go` line before starting the command: tpr starts it while the old
+/// process is still stopping, which takes the shim's own start out of the
+/// restart's critical path.
 pub(crate) fn shim_args(
     stop_signal: Signal,
     stop_timeout: Duration,
+    gated: bool,
     command: &[String],
 ) -> Vec<OsString> {
     let mut args = vec![
         OsString::from(SHIM_ARG),
         OsString::from((stop_signal as i32).to_string()),
         OsString::from(stop_timeout.as_millis().to_string()),
+        OsString::from(if gated { "gated" } else { "now" }),
     ];
     args.extend(command.iter().map(OsString::from));
     args
@@ -77,6 +88,7 @@ pub(crate) fn shim_args(
 struct ShimArgs {
     stop_signal: Signal,
     stop_timeout: Duration,
+    gated: bool,
     program: OsString,
     args: Vec<OsString>,
 }
@@ -86,11 +98,17 @@ impl ShimArgs {
         let number = |s: &OsString| s.to_str()?.parse::<u64>().ok();
         let stop_signal = Signal::try_from(i32::try_from(number(args.first()?)?).ok()?).ok()?;
         let stop_timeout = Duration::from_millis(number(args.get(1)?)?);
+        let gated = match args.get(2)?.to_str()? {
+            "gated" => true,
+            "now" => false,
+            _ => return None,
+        };
         Some(ShimArgs {
             stop_signal,
             stop_timeout,
-            program: args.get(2)?.clone(),
-            args: args[3..].to_vec(),
+            gated,
+            program: args.get(3)?.clone(),
+            args: args[4..].to_vec(),
         })
     }
 }
@@ -106,6 +124,13 @@ enum ShimEvent {
 }
 
 fn run(args: ShimArgs) -> i32 {
+    if args.gated {
+        let mut line = String::new();
+        // Anything but `go` (EOF: tpr dropped the prepared start) ends here.
+        if std::io::stdin().read_line(&mut line).is_err() || line.trim() != "go" {
+            return 0;
+        }
+    }
     // Best effort: without it (very old kernels) only the group is killed.
     let _ = nix::sys::prctl::set_child_subreaper(true);
     // The command starts with no signal blocked (std does not reset the
@@ -160,9 +185,10 @@ fn run(args: ShimArgs) -> i32 {
     let mut leader_status = None;
     let mut deadline: Option<Instant> = None;
     let mut killing = false;
+    let mut tick = TICK;
     loop {
         let event = if killing || deadline.is_some() {
-            match rx.recv_timeout(TICK) {
+            match rx.recv_timeout(tick) {
                 Ok(event) => Some(event),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -174,19 +200,19 @@ fn run(args: ShimArgs) -> i32 {
             }
         };
         match event {
-            Some(ShimEvent::Stop(signal, timeout)) => {
-                if deadline.is_none() && !killing {
-                    let _ = killpg(leader, signal);
-                    deadline = Some(Instant::now() + timeout);
-                }
+            Some(ShimEvent::Stop(signal, timeout)) if deadline.is_none() && !killing => {
+                signal_tree(leader, signal);
+                deadline = Some(Instant::now() + timeout);
             }
+            // Already stopping: the first request's deadline stands.
+            Some(ShimEvent::Stop(..)) => {}
             Some(ShimEvent::Kill) => killing = true,
             Some(ShimEvent::LeaderExited(status)) => {
                 leader_status = Some(status);
                 // Exited by itself: whatever it left behind in the group
                 // gets the same graceful stop.
                 if deadline.is_none() && !killing {
-                    let _ = killpg(leader, args.stop_signal);
+                    signal_tree(leader, args.stop_signal);
                     deadline = Some(Instant::now() + args.stop_timeout);
                 }
             }
@@ -196,13 +222,12 @@ fn run(args: ShimArgs) -> i32 {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             killing = true;
         }
-        // The group is empty but descendants that left it remain: they had
-        // their chance with the group; do not wait the whole grace for them.
-        if !killing && leader_status.is_some() && killpg(leader, None) == Err(Errno::ESRCH) {
-            killing = true;
-        }
+        // The leader and its group are gone but descendants that left the
+        // group remain: they got the stop signal with the group; wait out
+        // the grace period for them, then SIGKILL.
         if killing {
             kill_all(leader);
+            tick = (tick * 2).min(MAX_TICK);
         }
     }
     exit_like(leader_status)
@@ -259,35 +284,58 @@ fn reap(leader: Pid, tx: mpsc::Sender<ShimEvent>) {
     }
 }
 
-/// SIGKILL to the group and to every remaining child of the shim; children
-/// of those are re-parented here when they die and caught on the next tick.
-fn kill_all(leader: Pid) {
-    let _ = killpg(leader, Signal::SIGKILL);
-    for pid in children_of(nix::unistd::getpid()) {
-        let _ = kill(pid, Signal::SIGKILL);
+/// The stop signal to the group and to every descendant that left it
+/// (`setsid`, detached workers), so that they too get their grace period.
+fn signal_tree(leader: Pid, signal: Signal) {
+    let _ = killpg(leader, signal);
+    for pid in descendants_outside(leader) {
+        let _ = kill(pid, signal);
     }
 }
 
-/// Processes whose parent is `parent`, from /proc.
-fn children_of(parent: Pid) -> Vec<Pid> {
+/// SIGKILL to the group and to every descendant of the shim, wherever it
+/// is; any that forks meanwhile is re-parented here and caught next tick.
+fn kill_all(leader: Pid) {
+    signal_tree(leader, Signal::SIGKILL);
+}
+
+/// Descendants of the shim that are not in the command's process group.
+fn descendants_outside(group: Pid) -> Vec<Pid> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
+    let table: Vec<(i32, i32, i32)> = entries
         .filter_map(|entry| {
-            let name = entry.ok()?.file_name();
-            let pid: i32 = name.to_str()?.parse().ok()?;
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            (parent_from_stat(&stat)? == parent.as_raw()).then(|| Pid::from_raw(pid))
+            let (ppid, pgrp) = parent_and_group(&stat)?;
+            Some((pid, ppid, pgrp))
         })
+        .collect();
+    let mut tree = vec![nix::unistd::getpid().as_raw()];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        tree.extend(
+            table
+                .iter()
+                .filter(|(_, ppid, _)| *ppid == parent)
+                .map(|(pid, _, _)| *pid),
+        );
+        next += 1;
+    }
+    table
+        .iter()
+        .filter(|(pid, _, pgrp)| tree[1..].contains(pid) && *pgrp != group.as_raw())
+        .map(|(pid, _, _)| Pid::from_raw(*pid))
         .collect()
 }
 
-/// The ppid field of /proc/PID/stat; the command name may hold spaces and
-/// parentheses, so fields are counted from the last `)`.
-pub(crate) fn parent_from_stat(stat: &str) -> Option<i32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+/// The ppid and pgrp fields of /proc/PID/stat; the command name may hold
+/// spaces and parentheses, so fields are counted from the last `)`.
+pub(crate) fn parent_and_group(stat: &str) -> Option<(i32, i32)> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(1);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
 /// Ends the shim the way the leader ended.
@@ -312,8 +360,8 @@ mod tests {
 
     #[test]
     fn parent_is_read_after_the_command_name() {
-        assert_eq!(parent_from_stat("42 (a) b) c) S 7 42 42 0"), Some(7));
-        assert_eq!(parent_from_stat("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parent_and_group("42 (a) b) c) S 7 40 42 0"), Some((7, 40)));
+        assert_eq!(parent_and_group("1 (init) S 0 1 1"), Some((0, 1)));
     }
 
     #[test]
@@ -331,11 +379,13 @@ mod tests {
         let args = shim_args(
             Signal::SIGINT,
             Duration::from_millis(300),
+            true,
             &["a".into(), "b".into()],
         );
         let parsed = ShimArgs::parse(&args[1..]).unwrap();
         assert_eq!(parsed.stop_signal, Signal::SIGINT);
         assert_eq!(parsed.stop_timeout, Duration::from_millis(300));
+        assert!(parsed.gated);
         assert_eq!(parsed.program, "a");
         assert_eq!(parsed.args, vec![OsString::from("b")]);
     }

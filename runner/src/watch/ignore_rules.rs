@@ -23,7 +23,8 @@ pub struct IgnoreRules {
     gitignores: Vec<(PathBuf, Gitignore)>,
     /// The file's own patterns, rooted at `patterns_root`.
     patterns: Option<(PathBuf, Gitignore)>,
-    /// Exact files never to react to.
+    /// Files never to react to, nor to siblings whose name starts with
+    /// theirs (`.env.tpr.tmp`, `.env.tpr~`: the writer's temp files).
     ignored_files: HashSet<PathBuf>,
 }
 
@@ -97,10 +98,24 @@ impl IgnoreRules {
         self.patterns.as_ref()
     }
 
+    fn is_ignored_file(&self, path: &Path) -> bool {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(OsStr::to_str))
+        else {
+            return false;
+        };
+        self.ignored_files.iter().any(|file| {
+            file.parent() == Some(dir)
+                && file
+                    .file_name()
+                    .and_then(OsStr::to_str)
+                    .is_some_and(|ignored| name.starts_with(ignored))
+        })
+    }
+
     /// Whether a change at `path` should be ignored.
     pub fn is_ignored(&self, path: &Path) -> bool {
         let in_scope = self.files.contains(path) || self.dirs.iter().any(|d| path.starts_with(d));
-        if !in_scope || self.ignored_files.contains(path) {
+        if !in_scope || self.is_ignored_file(path) {
             return true;
         }
         if path.components().any(|c| c.as_os_str() == ".git") {
@@ -200,7 +215,7 @@ mod tests {
         let mut rules = IgnoreRules::new(
             &root,
             &["*.tmp".to_string(), "/docs".to_string()],
-            &[env_file.clone()],
+            std::slice::from_ref(&env_file),
         )
         .unwrap();
         rules.add_dir_root(root.clone());
@@ -216,6 +231,8 @@ mod tests {
         assert!(rules.is_ignored(&root.join("docs/index.md")));
         assert!(!rules.is_ignored(&root.join("src/docs/index.md")));
         assert!(rules.is_ignored(&env_file));
+        assert!(rules.is_ignored(&root.join(".env.tpr.tmp")));
+        assert!(!rules.is_ignored(&root.join("src/.env.tpr")));
         assert!(rules.is_ignored(&root.join(".git/index")));
         assert!(rules.is_ignored(&root.join("src/.main.rs.swp")));
         assert!(rules.is_ignored(Path::new("/elsewhere/file")));

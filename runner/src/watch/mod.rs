@@ -283,3 +283,56 @@ fn handle_event(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inotify_limits_name_the_sysctl_to_raise() {
+        let watches = WatchError::from_notify(
+            Path::new("/p"),
+            notify::Error::new(notify::ErrorKind::MaxFilesWatch),
+        );
+        assert!(
+            watches
+                .to_string()
+                .contains("sysctl fs.inotify.max_user_watches="),
+            "{watches}"
+        );
+        let nospace = WatchError::from_notify(
+            Path::new("/p"),
+            notify::Error::io(std::io::Error::from_raw_os_error(28)),
+        );
+        assert!(matches!(nospace, WatchError::WatchLimit(_)));
+        let instances = WatchError::from_notify(
+            Path::new("/p"),
+            notify::Error::io(std::io::Error::from_raw_os_error(24)),
+        );
+        assert!(
+            instances
+                .to_string()
+                .contains("sysctl fs.inotify.max_user_instances="),
+            "{instances}"
+        );
+    }
+
+    #[test]
+    fn a_missing_watch_path_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = WatchSpec {
+            paths: vec![dir.path().join("nope")],
+            patterns_root: dir.path().to_path_buf(),
+            patterns: Vec::new(),
+            ignored_files: Vec::new(),
+            debounce: Duration::from_millis(50),
+            max_wait: Duration::from_secs(1),
+            allow_missing_files: false,
+        };
+        let err = Watcher::start(&spec, |_| {}).err().expect("an error");
+        assert!(
+            err.to_string().contains("nope") && err.to_string().contains("does not exist"),
+            "{err}"
+        );
+    }
+}
