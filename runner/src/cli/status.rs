@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::project_file::ProjectArgs;
 use crate::up::control::{Request, ask};
 use crate::up::state::{State, StatePaths};
-use crate::up::{UpError, install_id, run};
+use crate::up::{install_id, run};
 
 /// Output format of the read-only commands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -116,7 +116,7 @@ pub fn run(args: &StatusArgs) -> miette::Result<ExitCode> {
         }
     }
     if let Err(e) = cluster {
-        return Err(UpError::from(e).into());
+        return Err(e.into());
     }
     Ok(ExitCode::SUCCESS)
 }

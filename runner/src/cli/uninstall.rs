@@ -48,10 +48,7 @@ pub fn run(args: &UninstallArgs) -> miette::Result<ExitCode> {
             for name in &args.names {
                 let (kind, name) = match name.split_once('/') {
                     Some((k, n)) => (
-                        Some(
-                            k.parse::<k8s::WorkloadKind>()
-                                .map_err(|e| UpError::Remote(e))?,
-                        ),
+                        Some(k.parse::<k8s::WorkloadKind>().map_err(UpError::Remote)?),
                         n,
                     ),
                     None => (None, name.as_str()),

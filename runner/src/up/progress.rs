@@ -32,6 +32,12 @@ impl Display {
     }
 }
 
+impl Default for Display {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Progress for Display {
     fn message(&self, msg: &str) {
         match self {

@@ -134,7 +134,7 @@ pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
     let file = options.file.clone();
     let reload_envs = envs.clone();
     let reload = move || {
-        let project = tpr_schema::load(&file).map_err(|e| render_load_error(e))?;
+        let project = tpr_schema::load(&file).map_err(render_load_error)?;
         let specs = processes::specs(
             &project,
             &reload_envs.lock().unwrap_or_else(|e| e.into_inner()),
