@@ -31,7 +31,7 @@ pub fn run(args: &ListArgs) -> miette::Result<ExitCode> {
     let project = args.project.load().ok();
     let context = project.as_ref().and_then(|p| p.cluster.context.clone());
     let paths = StatePaths::for_project(&args.project.file)?;
-    let (namespace, rows, state) = super::block_on(async {
+    let (namespace, rows, state, sessions) = super::block_on(async {
         let cluster = Cluster::connect(&ClusterOptions {
             context,
             ..Default::default()
@@ -43,13 +43,35 @@ pub fn run(args: &ListArgs) -> miette::Result<ExitCode> {
             .or_else(|| project.as_ref().and_then(|p| p.cluster.namespace.clone()))
             .unwrap_or_else(|| cluster.default_namespace().to_owned());
         let rows = k8s::list(&cluster, &namespace).await?;
+        // Sessions on each agent: someone (here or elsewhere) intercepts it.
+        let mut sessions = std::collections::BTreeMap::new();
+        for w in k8s::workloads(&cluster, &namespace).await? {
+            if !w.has_agent() {
+                continue;
+            }
+            let count = async {
+                let pod = k8s::find_agent_pod(&cluster, &w).await.ok()?;
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(3),
+                    crate::up::run::agent_sessions(&cluster, &pod),
+                )
+                .await
+                .ok()?
+                .ok()
+            }
+            .await;
+            sessions.insert(w.display(), count);
+        }
         let state: Option<State> = ask(&paths.socket, &Request::Status)
             .await
             .ok()
             .flatten()
             .and_then(|t| serde_json::from_str(&t).ok());
-        Ok::<_, UpError>((namespace, rows, state))
+        Ok::<_, UpError>((namespace, rows, state, sessions))
     })?;
+    let sessions_of = |kind: &k8s::WorkloadKind, name: &str| {
+        sessions.get(&format!("{kind}/{name}")).copied().flatten()
+    };
     let held_by_us = |workload: &str| -> Vec<String> {
         state
             .iter()
@@ -81,6 +103,7 @@ pub fn run(args: &ListArgs) -> miette::Result<ExitCode> {
                         "ready": w.ready,
                         "replicas": w.replicas,
                         "intercepted_here": held_by_us(&format!("{}/{}", w.kind, w.name)),
+                        "agent_sessions": sessions_of(&w.kind, &w.name),
                     })
                 })
                 .collect();
@@ -102,6 +125,11 @@ pub fn run(args: &ListArgs) -> miette::Result<ExitCode> {
                 }
                 if w.agent_installed {
                     line.push_str(", agent installed");
+                    match sessions_of(&w.kind, &w.name) {
+                        Some(0) => line.push_str(", not intercepted"),
+                        Some(n) => line.push_str(&format!(", {n} tpr session(s) connected")),
+                        None => line.push_str(", agent not reachable"),
+                    }
                 }
                 let mine = held_by_us(&format!("{}/{}", w.kind, w.name));
                 if !mine.is_empty() {
