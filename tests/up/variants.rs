@@ -172,7 +172,10 @@ pub async fn shapes(c: &Cluster, ns: &str) -> Result<()> {
     let out = up.stdout();
     assert!(out.contains("Using StatefulSet web"), "{out}");
     assert!(out.contains("Using ReplicaSet bare"), "{out}");
-    assert!(out.contains("Service Port Identifier: http, admin"), "{out}");
+    assert!(
+        out.contains("Service Port Identifier: http, admin"),
+        "{out}"
+    );
     for (url, who) in [
         (format!("http://numeric.{ns}/"), "local-numeric"),
         (format!("http://web-0.web.{ns}:8080/"), "local-web"),

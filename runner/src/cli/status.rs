@@ -90,10 +90,16 @@ pub fn run(args: &StatusArgs) -> miette::Result<ExitCode> {
             println!("Namespace  : {}", namespace.as_deref().unwrap_or("-"));
             println!("Install id : {id}");
             match &state {
-                None => println!(
-                    "tpr up     : not running for {}",
-                    args.project.file.display()
-                ),
+                None => match paths.read() {
+                    Some(stale) => println!(
+                        "tpr up     : not running; pid {} ended without cleaning up (its intercepts ended with it); `tpr down` clears its state",
+                        stale.pid
+                    ),
+                    None => println!(
+                        "tpr up     : not running for {}",
+                        args.project.file.display()
+                    ),
+                },
                 Some(s) => {
                     println!("tpr up     : running (pid {})", s.pid);
                     if s.intercepts.is_empty() {

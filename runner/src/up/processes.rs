@@ -54,3 +54,28 @@ pub fn specs(
 pub fn stops_on_exit(project: &Project) -> bool {
     project.processes.iter().any(|p| p.on_exit == OnExit::Stop)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_process_gets_its_intercepts_env_filtered_under_its_own_extra_env() {
+        let text = "format_version = 1\n[[intercept]]\nworkload = \"a\"\nport = \"1\"\nenv.exclude = [\"SECRET*\"]\n[[process]]\ncommand = [\"x\"]\nenv = { PORT = \"1\" }\n";
+        let team = tpr_schema::SourceFile::new("telepresence.toml".to_string(), text.to_string());
+        let project = tpr_schema::parse(&team, None, Path::new("/p")).expect("valid");
+        let pod: BTreeMap<String, String> = [("PORT", "8080"), ("DB", "pg"), ("SECRET_KEY", "k")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let envs = BTreeMap::from([("a".to_string(), pod)]);
+        let spec = &specs(&project, &envs).expect("specs")[0];
+        assert_eq!(spec.env.get("DB").map(String::as_str), Some("pg"));
+        assert_eq!(spec.env.get("PORT").map(String::as_str), Some("1"));
+        assert!(!spec.env.contains_key("SECRET_KEY"));
+        // The user's own environment is the bottom layer.
+        assert!(spec.env.contains_key("PATH") || std::env::var_os("PATH").is_none());
+    }
+}
