@@ -266,6 +266,18 @@ async fn uninstall(c: &Cluster, ns: &str) -> Result<()> {
     assert!(once.status.success(), "{}", text(&once));
     let installed = template_json(c, ns, "hello").await?;
     assert_ne!(installed, original, "the agent was not installed");
+    // --once: tpr up ends with the process's status, the env in place.
+    let once = ProjectDir::new(&format!(
+        "{}[[process]]\ncommand = [\"sh\", \"-c\", \"test \\\"$HELLO_ENV\\\" = cluster && exit 7\"]\nwatch = [\"src\"]\n",
+        bare_project(ns, "hello", &format!("{}:http", free_port()), "")
+    ));
+    let out = once.tpr(&["up", "--once"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(ACTIVE),
+        "{}",
+        text(&out)
+    );
     let out = project.tpr(&["uninstall", "hello"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(template_json(c, ns, "hello").await?, original);
