@@ -142,6 +142,21 @@ impl Agent for AgentService {
         Ok(Response::new(HealthResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             sessions: u32::try_from(self.registry.session_count()).unwrap_or(u32::MAX),
+            intercepts: self
+                .registry
+                .intercepts()
+                .into_iter()
+                .map(|(name, port, tcp, holder)| proto::InterceptInfo {
+                    name,
+                    port: u32::from(port),
+                    mechanism: if tcp {
+                        proto::Mechanism::Tcp
+                    } else {
+                        proto::Mechanism::Http
+                    } as i32,
+                    holder,
+                })
+                .collect(),
         }))
     }
 }

@@ -205,6 +205,19 @@ impl Registry {
         self.lock().sessions.len()
     }
 
+    /// Every active intercept: name, port, tcp or not, holder; by port.
+    pub fn intercepts(&self) -> Vec<(String, u16, bool, String)> {
+        let inner = self.lock();
+        let mut out: Vec<_> = inner
+            .ports
+            .values()
+            .flat_map(|p| &p.intercepts)
+            .map(|i| (i.name.clone(), i.port, i.tcp, i.holder.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Registers a session; returns its id and the token that ends it.
     pub fn open_session(
         &self,

@@ -104,6 +104,13 @@ async fn tcp_deployment(c: &Cluster, ns: &str) -> Result<()> {
         "{}",
         text(&list)
     );
+    // The agent itself says who holds the intercept.
+    assert!(
+        listed.contains("intercepted: hello by ")
+            && listed.contains(&format!("(install id {})", project.install_id)),
+        "{}",
+        text(&list)
+    );
 
     // down: tpr up stops, the app answers again.
     let down = project.tpr(&["down"]);

@@ -69,8 +69,7 @@ async fn down(paths: &StatePaths, state: State) -> Result<(), UpError> {
     Ok(())
 }
 
-/// Asks each agent how many sessions it still has, after the keepalive
-/// timeout has passed for the crashed session.
+/// Asks each agent whether it still holds the crashed session's intercepts.
 async fn confirm_gone(state: &State) {
     let cluster = match k8s::Cluster::connect(&k8s::ClusterOptions {
         context: Some(state.context.clone()),
@@ -94,13 +93,26 @@ async fn confirm_gone(state: &State) {
             grpc_port: k8s::DEFAULT_GRPC_PORT,
             ports: Vec::new(),
         };
-        match crate::up::run::agent_sessions(&cluster, &agent).await {
-            Ok(n) => println!(
-                "ended intercept {} (its session ended with tpr up; the agent in pod {pod} now holds {n} session(s))",
-                i.name
-            ),
+        match crate::up::run::agent_health(&cluster, &agent).await {
+            Ok(h) => {
+                let ours = h
+                    .intercepts
+                    .iter()
+                    .any(|x| x.name == i.name && x.holder.contains(&state.install_id));
+                if ours {
+                    println!(
+                        "intercept {} is still held in pod {pod}; the agent ends it within 3 s of the lost session",
+                        i.name
+                    );
+                } else {
+                    println!(
+                        "ended intercept {} (confirmed by the agent in pod {pod})",
+                        i.name
+                    );
+                }
+            }
             Err(e) => println!(
-                "ended intercept {} (agent in pod {pod} not reachable: {e})",
+                "ended intercept {} (agent in pod {pod} not reachable to confirm: {e})",
                 i.name
             ),
         }

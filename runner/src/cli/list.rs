@@ -53,7 +53,7 @@ pub fn run(args: &ListArgs) -> miette::Result<ExitCode> {
                 let pod = k8s::find_agent_pod(&cluster, &w).await.ok()?;
                 tokio::time::timeout(
                     std::time::Duration::from_secs(3),
-                    crate::up::run::agent_sessions(&cluster, &pod),
+                    crate::up::run::agent_health(&cluster, &pod),
                 )
                 .await
                 .ok()?
@@ -69,8 +69,17 @@ pub fn run(args: &ListArgs) -> miette::Result<ExitCode> {
             .and_then(|t| serde_json::from_str(&t).ok());
         Ok::<_, UpError>((namespace, rows, state, sessions))
     })?;
-    let sessions_of = |kind: &k8s::WorkloadKind, name: &str| {
-        sessions.get(&format!("{kind}/{name}")).copied().flatten()
+    let health_of = |kind: &k8s::WorkloadKind, name: &str| {
+        sessions.get(&format!("{kind}/{name}")).cloned().flatten()
+    };
+    let holders = |h: &tpr_schema::proto::HealthResponse| -> Vec<String> {
+        let mut v: Vec<String> = h
+            .intercepts
+            .iter()
+            .map(|i| format!("{} by {}", i.name, i.holder))
+            .collect();
+        v.dedup();
+        v
     };
     let held_by_us = |workload: &str| -> Vec<String> {
         state
@@ -103,7 +112,13 @@ pub fn run(args: &ListArgs) -> miette::Result<ExitCode> {
                         "ready": w.ready,
                         "replicas": w.replicas,
                         "intercepted_here": held_by_us(&format!("{}/{}", w.kind, w.name)),
-                        "agent_sessions": sessions_of(&w.kind, &w.name),
+                        "agent_sessions": health_of(&w.kind, &w.name).map(|h| h.sessions),
+                        "intercepted_by": health_of(&w.kind, &w.name)
+                            .map(|h| h.intercepts.iter().map(|i| json!({
+                                "intercept": i.name,
+                                "port": i.port,
+                                "holder": i.holder,
+                            })).collect::<Vec<_>>()),
                     })
                 })
                 .collect();
@@ -125,9 +140,11 @@ pub fn run(args: &ListArgs) -> miette::Result<ExitCode> {
                 }
                 if w.agent_installed {
                     line.push_str(", agent installed");
-                    match sessions_of(&w.kind, &w.name) {
-                        Some(0) => line.push_str(", not intercepted"),
-                        Some(n) => line.push_str(&format!(", {n} tpr session(s) connected")),
+                    match health_of(&w.kind, &w.name) {
+                        Some(h) if h.intercepts.is_empty() => line.push_str(", not intercepted"),
+                        Some(h) => {
+                            line.push_str(&format!(", intercepted: {}", holders(&h).join("; ")))
+                        }
                         None => line.push_str(", agent not reachable"),
                     }
                 }

@@ -221,8 +221,12 @@ async fn manage(
     manager.shutdown().await;
 }
 
-/// How many sessions the agent in `pod` holds (its Health answer).
-pub async fn agent_sessions(cluster: &Cluster, pod: &crate::k8s::AgentPod) -> Result<u32, UpError> {
+/// The agent's Health answer: its sessions and active intercepts (with
+/// their holders).
+pub async fn agent_health(
+    cluster: &Cluster,
+    pod: &crate::k8s::AgentPod,
+) -> Result<tpr_schema::proto::HealthResponse, UpError> {
     let channel = super::link::channel(cluster, pod).await?;
     let health = tpr_schema::proto::agent_client::AgentClient::new(channel)
         .health(tpr_schema::proto::HealthRequest {})
@@ -236,5 +240,5 @@ pub async fn agent_sessions(cluster: &Cluster, pod: &crate::k8s::AgentPod) -> Re
                 },
             )
         })?;
-    Ok(health.into_inner().sessions)
+    Ok(health.into_inner())
 }

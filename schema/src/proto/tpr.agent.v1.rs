@@ -162,12 +162,28 @@ pub struct GetEnvResponse {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HealthRequest {}
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HealthResponse {
     #[prost(string, tag = "1")]
     pub version: ::prost::alloc::string::String,
     #[prost(uint32, tag = "2")]
     pub sessions: u32,
+    /// The active intercepts, for `tpr list` ("intercepted by whom").
+    #[prost(message, repeated, tag = "3")]
+    pub intercepts: ::prost::alloc::vec::Vec<InterceptInfo>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct InterceptInfo {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The app's container port.
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    #[prost(enumeration = "Mechanism", tag = "3")]
+    pub mechanism: i32,
+    /// The session's label and install id, e.g. "alice@laptop (install id ...)".
+    #[prost(string, tag = "4")]
+    pub holder: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
