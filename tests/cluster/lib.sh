@@ -16,7 +16,8 @@ KUBECONFIG_PATH=$STATE/kubeconfig
 # Go caches live under /var/cache so a second run on this machine is warm.
 export GOCACHE=${GOCACHE:-$CACHE/gocache}
 export GOMODCACHE=${GOMODCACHE:-$CACHE/gomod}
-export GOFLAGS=${GOFLAGS:--mod=mod}
+# No VCS stamping: builds must not depend on how the repository was cloned.
+export GOFLAGS=${GOFLAGS:--buildvcs=false}
 export CGO_ENABLED=0
 
 # Addresses that exist only inside this VM (see README).

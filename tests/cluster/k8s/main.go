@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	_ "time/tzdata" // CronJob time zones, as the upstream mains do
 
@@ -60,6 +61,7 @@ func main() {
 		for n := range components {
 			names = append(names, n)
 		}
+		sort.Strings(names)
 		fmt.Fprintf(os.Stderr, "usage: k8s <component> [flags]; components: %s\n", strings.Join(names, ", "))
 		os.Exit(2)
 	}
