@@ -182,6 +182,20 @@ async fn http_personal(c: &Cluster, ns: &str) -> Result<()> {
         let plain = client.get(&url, &[]).await;
         assert!(plain.contains("hello from hello-"), "{plain}");
     }
+    // A tcp intercept would take Alice's and Bob's requests: refused, naming a holder.
+    let carol = ProjectDir::new(&bare_project(
+        ns,
+        "hello",
+        &format!("{}:http", free_port()),
+        "",
+    ));
+    let out = carol.tpr(&["up", "--once"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("refused") && all.contains("install id"),
+        "{all}"
+    );
     // Alice leaves: her requests go to the app, Bob keeps his.
     let leave = alice.tpr(&["leave", "hello"]);
     assert!(leave.status.success(), "{}", text(&leave));

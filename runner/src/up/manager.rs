@@ -86,9 +86,9 @@ impl Manager {
     }
 
     /// Makes the intercepts match `project`. Every intercept is resolved
-    /// first: an error there changes nothing. Returns the names whose env
-    /// may have changed.
-    pub async fn apply(&mut self, project: &Project) -> Result<(), UpError> {
+    /// first: an error there changes nothing. Returns whether any intercept
+    /// changed.
+    pub async fn apply(&mut self, project: &Project) -> Result<bool, UpError> {
         if let Some(old) = &self.project
             && old.cluster != project.cluster
         {
@@ -113,6 +113,8 @@ impl Manager {
             }
             todo.push((intercept.clone(), resolved));
         }
+        let leaving_any = self.active.keys().any(|n| project.intercept(n).is_none());
+        let changed = !todo.is_empty() || leaving_any;
         // 2. End what left the file or changed.
         let wanted: BTreeSet<&str> = project.intercepts.iter().map(|i| i.name.as_str()).collect();
         let leaving: Vec<String> = self
@@ -212,7 +214,7 @@ impl Manager {
         self.project = Some(project.clone());
         self.write_env_files()?;
         self.write_state();
-        Ok(())
+        Ok(changed)
     }
 
     async fn register(

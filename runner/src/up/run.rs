@@ -188,8 +188,10 @@ async fn manage(
                 None => break,
                 Some(ToManager::Reload(p)) => {
                     match manager.apply(&p).await {
-                        Ok(()) => {
-                            eprintln!("tpr: intercepts reconciled with the project file");
+                        Ok(changed) => {
+                            if changed {
+                                eprintln!("tpr: intercepts reconciled with the project file");
+                            }
                             project = Some(*p);
                             publish(&manager, &project);
                         }
