@@ -456,7 +456,7 @@ async fn errors_name_the_problem_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn numeric_headless_statefulset_bare_replicaset_two_ports_two_services_sidecar() {
+async fn numeric_headless_statefulset_ondelete_bare_replicaset_two_ports_two_services_sidecar() {
     in_namespace!("up-shapes", (variants::shapes));
 }
 

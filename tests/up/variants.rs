@@ -50,6 +50,26 @@ spec:
       containers: [{{name: app, image: "hello:0.1.0", args: [serve], ports: [{{name: http, containerPort: 8080}}]}}]
 ---
 apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: od}}
+spec:
+  serviceName: od
+  updateStrategy: {{type: OnDelete}}
+  selector: {{matchLabels: {{app: od}}}}
+  template:
+    metadata: {{labels: {{app: od}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{{name: app, image: "hello:0.1.0", args: [serve], ports: [{{name: http, containerPort: 8080}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: od}}
+spec:
+  selector: {{app: od}}
+  ports: [{{port: 80, targetPort: http}}]
+---
+apiVersion: apps/v1
 kind: ReplicaSet
 metadata: {{name: bare}}
 spec:
@@ -138,8 +158,9 @@ pub async fn shapes(c: &Cluster, ns: &str) -> Result<()> {
         c.wait_deployment(ns, d, crate::support::READY).await?;
     }
     c.wait_statefulset(ns, "web", crate::support::READY).await?;
+    c.wait_statefulset(ns, "od", crate::support::READY).await?;
     let client = ClientPod::start(c, ns).await?;
-    let p: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let p: Vec<u16> = (0..7).map(|_| free_port()).collect();
     let numeric_name = format!("numeric-{ns}");
     let toml = format!(
         "format_version = 1\n[cluster]\nnamespace = \"{ns}\"\n\
@@ -148,23 +169,26 @@ pub async fn shapes(c: &Cluster, ns: &str) -> Result<()> {
          [[intercept]]\nworkload = \"bare\"\nkind = \"ReplicaSet\"\nport = \"{}\"\n\
          [[intercept]]\nworkload = \"two\"\nport = [\"{}:http\", \"{}:81\"]\nto_pod = [{side}]\n\
          [[intercept]]\nworkload = \"dual\"\nservice = \"dual-b\"\nport = \"{}\"\n\
-         {}{}{}{}{}{}",
+         [[intercept]]\nworkload = \"od\"\nport = \"{}\"\n\
+         {}{}{}{}{}{}{}",
         p[0],
         p[1],
         p[2],
         p[3],
         p[4],
         p[5],
+        p[6],
         process("numeric", p[0], &numeric_name),
         process("web", p[1], "web"),
         process("bare", p[2], "bare"),
         process("two-http", p[3], "two"),
         process("two-admin", p[4], "two"),
         process("dual", p[5], "dual"),
+        process("od", p[6], "od"),
     );
     let project = ProjectDir::new(&toml);
     let mut up = project.up(&[]);
-    for name in [numeric_name.as_str(), "web", "bare", "two", "dual"] {
+    for name in [numeric_name.as_str(), "web", "bare", "two", "dual", "od"] {
         up.wait_for(&format!("Intercept name         : {name}\n"), UP)
             .await;
     }
@@ -183,6 +207,7 @@ pub async fn shapes(c: &Cluster, ns: &str) -> Result<()> {
         (format!("http://two.{ns}/"), "local-two-http"),
         (format!("http://two.{ns}:81/"), "local-two-admin"),
         (format!("http://dual-b.{ns}/"), "local-dual"),
+        (format!("http://od.{ns}/"), "local-od"),
     ] {
         let (body, _) = client
             .get_until(
