@@ -21,14 +21,20 @@ async fn cluster() -> Cluster {
     Cluster::connect().await.unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Runs `body` in a fresh namespace, deletes it whatever the outcome.
+/// Runs `body` in a fresh namespace, deletes it whatever the outcome
+/// (error or panic).
 macro_rules! in_namespace {
     ($prefix:expr, $body:expr) => {{
         let c = cluster().await;
         let ns = c.namespace($prefix).await.unwrap_or_else(|e| panic!("{e}"));
-        let result = $body(&c, &ns).await;
+        // A failed assertion panics: the namespace goes anyway.
+        let result =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe($body(&c, &ns))).await;
         let _ = c.delete_namespace(&ns).await;
-        result.unwrap_or_else(|e| panic!("{e}"));
+        match result {
+            Ok(r) => r.unwrap_or_else(|e| panic!("{e}")),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }};
 }
 
