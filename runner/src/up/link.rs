@@ -55,7 +55,8 @@ impl Link {
         workload: Workload,
         hello: Hello,
     ) -> Result<Self, UpError> {
-        let pod = k8s::find_agent_pod(cluster, &workload).await?;
+        // An installed agent's pod may be restarting: wait for it a while.
+        let pod = k8s::wait_for_agent_pod(cluster, &workload, Duration::from_secs(60)).await?;
         let channel = channel(cluster, &pod).await?;
         let session = Session::open(channel.clone(), hello.clone())
             .await
