@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use tpr_schema::{Intercept, Project};
 
-use crate::envfile;
 use crate::k8s::{self, Cluster, Resolved, RolloutOptions};
 use crate::tunnel::Hello;
 
@@ -318,36 +317,10 @@ impl Manager {
     /// Writes each intercept's env file (mode 0600) when its content changed.
     fn write_env_files(&self) -> Result<(), UpError> {
         for a in self.active.values() {
-            let Some(file) = &a.intercept.env.file else {
-                continue;
-            };
             let Some(env) = self.env_of(&a.intercept.name) else {
                 continue;
             };
-            let selected: BTreeMap<String, String> = env
-                .iter()
-                .filter(|(k, _)| a.intercept.env.selects(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let rendered = envfile::render(&selected, a.intercept.env.format);
-            if !rendered.skipped.is_empty() {
-                eprintln!(
-                    "tpr: {}: left out {} (not expressible in {} format)",
-                    file.display(),
-                    rendered.skipped.join(", "),
-                    a.intercept.env.format
-                );
-            }
-            if std::fs::read_to_string(file).ok().as_deref() == Some(rendered.text.as_str()) {
-                continue;
-            }
-            super::write_private(file, &rendered.text)?;
-            eprintln!(
-                "tpr: wrote {} variables of intercept {} to {}",
-                selected.len() - rendered.skipped.len(),
-                a.intercept.name,
-                file.display()
-            );
+            super::env_export::export(&a.intercept, env)?;
         }
         Ok(())
     }

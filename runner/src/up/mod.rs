@@ -3,6 +3,7 @@
 //! processes (`session_loop`).
 
 pub mod control;
+mod env_export;
 pub mod install_id;
 mod link;
 mod manager;
@@ -11,10 +12,6 @@ mod processes;
 mod progress;
 pub mod run;
 pub mod state;
-
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use miette::Diagnostic;
 
@@ -91,27 +88,4 @@ impl UpError {
             source,
         }
     }
-}
-
-/// Writes a file only the user can read (env files hold secrets), replacing
-/// it atomically.
-pub fn write_private(path: &Path, text: &str) -> Result<(), UpError> {
-    let io = |source| UpError::Io {
-        what: format!("writing {}", path.display()),
-        source,
-    };
-    let tmp = path.with_file_name(format!(
-        ".{}.tpr-tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("env")
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
 }
