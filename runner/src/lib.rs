@@ -3,5 +3,11 @@
 
 pub mod cli;
 pub mod envfile;
+pub mod k8s;
 pub mod project_file;
 pub mod report;
+pub mod session_loop;
+pub mod supervise;
+pub mod tunnel;
+pub mod up;
+pub mod watch;

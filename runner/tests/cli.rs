@@ -270,12 +270,15 @@ fn the_repository_examples_validate() {
 }
 
 #[test]
-fn commands_that_do_not_work_yet_do_not_exist() {
+fn up_without_a_project_file_names_the_fix_and_touches_no_cluster() {
+    // No kubeconfig at all: the file is checked before any cluster access.
     Test::new()
         .args(&["up"])
+        .env("KUBECONFIG", "/nonexistent")
         .run()
-        .status(2)
-        .stderr_has("unrecognized subcommand");
+        .status(1)
+        .stderr_has("cannot read telepresence.toml")
+        .stderr_has("-f FILE");
 }
 
 impl Test {

@@ -15,6 +15,8 @@ pub mod names;
 pub mod port;
 pub mod problem;
 pub mod project;
+#[cfg(feature = "proto")]
+pub mod proto;
 pub mod raw;
 pub mod read;
 pub mod resolve;

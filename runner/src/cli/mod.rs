@@ -2,6 +2,13 @@
 
 mod completions;
 mod config;
+mod down;
+mod env;
+mod leave;
+mod list;
+mod status;
+mod uninstall;
+mod up;
 mod validate;
 
 use std::process::ExitCode;
@@ -21,6 +28,20 @@ pub struct Args {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Make the cluster match telepresence.toml, run the processes, stay up until Ctrl-C.
+    Up(up::UpArgs),
+    /// End this project's intercepts (stops a running `tpr up`).
+    Down(down::DownArgs),
+    /// End one intercept of the running `tpr up`.
+    Leave(leave::LeaveArgs),
+    /// Show the connection, install id and this project's intercepts.
+    Status(status::StatusArgs),
+    /// List the workloads of a namespace: interceptable, agent, intercepted.
+    List(list::ListArgs),
+    /// Remove the traffic agent and restore the workloads' pod templates.
+    Uninstall(uninstall::UninstallArgs),
+    /// Print an intercept's pod environment.
+    Env(env::EnvArgs),
     /// Check telepresence.toml and telepresence.local.toml; touches no cluster.
     Validate(ProjectArgs),
     /// Print the resolved configuration: both files merged, defaults applied.
@@ -34,6 +55,13 @@ pub enum Command {
 /// Runs a parsed command line.
 pub fn run(args: Args) -> miette::Result<ExitCode> {
     match args.command {
+        Command::Up(a) => up::run(&a),
+        Command::Down(a) => down::run(&a),
+        Command::Leave(a) => leave::run(&a),
+        Command::Status(a) => status::run(&a),
+        Command::List(a) => list::run(&a),
+        Command::Uninstall(a) => uninstall::run(&a),
+        Command::Env(a) => env::run(&a),
         Command::Validate(project) => validate::run(&project),
         Command::Config(config) => config::run(&config),
         Command::Schema => {
@@ -42,6 +70,16 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         }
         Command::Completions(c) => completions::run(&c),
     }
+}
+
+/// Runs the async part of a command on a small runtime.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
 }
 
 #[cfg(test)]

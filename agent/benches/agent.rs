@@ -1,0 +1,422 @@
+//! The agent's figures, each path measured in one run against a direct
+//! connection: round-trip latency (p50, p99) of a small HTTP request,
+//! throughput of a 1 GiB transfer, HTTP keep-alive requests per second, and
+//! the agent's RSS idle and with 1,000 open connections.
+//!
+//! Paths: `direct` (client -> server), `passthrough` (client -> agent ->
+//! app, no intercept), `intercepted` (client -> agent -> gRPC tunnel ->
+//! runner-side client -> workstation server; http intercept for requests,
+//! tcp intercept for the transfer).
+//!
+//! Run: `bench/agent/run.sh` (or `cargo bench -p tpr-agent --bench agent`).
+//! Prints `name value unit` lines. Sizes via TPR_BENCH_BYTES (default 1 GiB).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tpr::tunnel::{self, Hello, InterceptSpec, Mechanism, Session};
+
+const LATENCY_SAMPLES: usize = 5_000;
+const RPS_CONNECTIONS: usize = 8;
+const RPS_DURATION: Duration = Duration::from_secs(3);
+const OPEN_CONNECTIONS: usize = 1_000;
+const IO_BUFFER: usize = 256 << 10;
+const THROUGHPUT_ROUNDS: usize = 3;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn figure(name: &str, value: f64, unit: &str) {
+    println!("{name} {value:.2} {unit}");
+}
+
+/// Small HTTP answers ("ok") on HTTP/1.1.
+async fn http_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads everything, then answers the byte count (8 bytes, big endian).
+/// Also serves as the 1,000-connection target: a connection that sends
+/// nothing just stays open.
+async fn sink_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; IO_BUFFER];
+                let mut total = 0u64;
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                let _ = tcp.write_all(&total.to_be_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn latency(addr: SocketAddr, headers: &[(&str, &str)]) -> (f64, f64) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    for i in 0..LATENCY_SAMPLES + 500 {
+        let mut req = Request::get("/").header("host", "bench");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Empty::<Bytes>::new()).unwrap();
+        let start = Instant::now();
+        send.ready().await.unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let took = start.elapsed();
+        assert_eq!(&body[..], b"ok");
+        if i >= 500 {
+            samples.push(took.as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+async fn requests_per_second(addr: SocketAddr, headers: &[(&'static str, String)]) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + RPS_DURATION;
+    let mut tasks = Vec::new();
+    for _ in 0..RPS_CONNECTIONS {
+        let count = count.clone();
+        let headers = headers.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            while Instant::now() < deadline {
+                let mut req = Request::get("/").header("host", "bench");
+                for (k, v) in &headers {
+                    req = req.header(*k, v.as_str());
+                }
+                send.ready().await.unwrap();
+                let resp = send
+                    .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+                    .await
+                    .unwrap();
+                resp.into_body().collect().await.unwrap();
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// MiB/s of sending `bytes` and receiving the sink's count.
+async fn throughput(addr: SocketAddr, bytes: u64) -> f64 {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let buf = vec![0x5au8; IO_BUFFER];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        tcp.write_all(&buf[..n]).await.unwrap();
+        left -= n as u64;
+    }
+    tcp.shutdown().await.unwrap();
+    let mut count = [0u8; 8];
+    tcp.read_exact(&mut count).await.unwrap();
+    let took = start.elapsed().as_secs_f64();
+    assert_eq!(u64::from_be_bytes(count), bytes, "the sink got every byte");
+    bytes as f64 / (1 << 20) as f64 / took
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Fields of /proc/<pid>/stat after the command name (field 3 is index 0).
+fn stat(pid: u32) -> Vec<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect()
+}
+
+/// CPU seconds (user + system) a process used so far (clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let f = stat(pid);
+    (f[11] + f[12]) / 100.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let bytes: u64 = std::env::var("TPR_BENCH_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30);
+    let (app_http, ws_http) = (http_server().await, http_server().await);
+    let (app_sink, ws_sink) = (sink_server().await, sink_server().await);
+    let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (front_http, front_sink) = (free_port(), free_port());
+    let agent = Agent(
+        Command::new(env!("CARGO_BIN_EXE_tpr-agent"))
+            .env_clear()
+            .env("TPR_AGENT_GRPC_PORT", grpc.port().to_string())
+            .env(
+                "TPR_AGENT_FORWARDS",
+                format!(
+                    "{front_http}={},{front_sink}={}",
+                    app_http.port(),
+                    app_sink.port()
+                ),
+            )
+            .env("TPR_AGENT_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the agent starts (build it with cargo bench)"),
+    );
+    let pid = agent.0.id();
+    let channel = loop {
+        match tunnel::connect(grpc).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    figure("agent_rss_idle", rss_mib(pid), "MiB");
+
+    let front_http = SocketAddr::from(([127, 0, 0, 1], front_http));
+    let front_sink = SocketAddr::from(([127, 0, 0, 1], front_sink));
+    // RSS with 1,000 open connections through the agent to the app, before
+    // any bulk transfer (whose freed buffers the allocator may keep: see
+    // agent_rss_after_bench).
+    let mut open = Vec::with_capacity(OPEN_CONNECTIONS);
+    for _ in 0..OPEN_CONNECTIONS {
+        let mut tcp = TcpStream::connect(front_sink).await.unwrap();
+        tcp.write_all(b"x").await.unwrap();
+        open.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    figure("agent_rss_1000_connections", rss_mib(pid), "MiB");
+    drop(open);
+
+    let session = Session::open(
+        channel.clone(),
+        Hello {
+            install_id: "bench".into(),
+            label: "bench@localhost".into(),
+        },
+    )
+    .await
+    .unwrap();
+    session
+        .create_intercept(InterceptSpec {
+            name: "http".into(),
+            app_port: app_http.port(),
+            mechanism: Mechanism::Http {
+                headers: vec![],
+                path_prefix: None,
+            },
+            target: ws_http,
+        })
+        .await
+        .unwrap();
+    let id = "bench:http".to_owned();
+    let mine = [("x-telepresence-intercept-id", id.as_str())];
+
+    // Latency.
+    let direct = latency(app_http, &[]).await;
+    // The http port routes per request now; passthrough is measured on a
+    // plain relay below, before the tcp intercept.
+    let routed_to_app = latency(front_http, &[]).await;
+    let intercepted = latency(front_http, &mine).await;
+
+    // Throughput: rounds interleave the three paths so that load from other
+    // processes hits them alike; each figure is the median of its rounds.
+    let (mut t_direct, mut t_pass, mut t_icpt) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_pass, mut cpu_icpt) = (0.0, 0.0);
+    let (mut own_direct, mut own_icpt) = (0.0, 0.0);
+    let me = std::process::id();
+    for _ in 0..THROUGHPUT_ROUNDS {
+        let own = cpu_seconds(me);
+        t_direct.push(throughput(app_sink, bytes).await);
+        own_direct += cpu_seconds(me) - own;
+        let cpu = cpu_seconds(pid);
+        t_pass.push(throughput(front_sink, bytes).await);
+        cpu_pass += cpu_seconds(pid) - cpu;
+        session
+            .create_intercept(InterceptSpec {
+                name: "tcp".into(),
+                app_port: app_sink.port(),
+                mechanism: Mechanism::Tcp,
+                target: ws_sink,
+            })
+            .await
+            .unwrap();
+        let (cpu, own) = (cpu_seconds(pid), cpu_seconds(me));
+        t_icpt.push(throughput(front_sink, bytes).await);
+        own_icpt += cpu_seconds(me) - own;
+        cpu_icpt += cpu_seconds(pid) - cpu;
+        session.remove_intercept("tcp").await.unwrap();
+    }
+    let rounds = THROUGHPUT_ROUNDS as f64;
+    let (cpu_pass, cpu_icpt) = (cpu_pass / rounds, cpu_icpt / rounds);
+    let (t_direct, t_pass, t_icpt) = (median(t_direct), median(t_pass), median(t_icpt));
+    session.remove_intercept("http").await.unwrap();
+    let passthrough = latency(front_http, &[]).await;
+
+    // Requests per second.
+    let r_direct = requests_per_second(app_http, &[]).await;
+    let r_pass = requests_per_second(front_http, &[]).await;
+    session
+        .create_intercept(InterceptSpec {
+            name: "http".into(),
+            app_port: app_http.port(),
+            mechanism: Mechanism::Http {
+                headers: vec![],
+                path_prefix: None,
+            },
+            target: ws_http,
+        })
+        .await
+        .unwrap();
+    let r_routed = requests_per_second(front_http, &[]).await;
+    let r_icpt =
+        requests_per_second(front_http, &[("x-telepresence-intercept-id", id.clone())]).await;
+
+    for (path, (p50, p99)) in [
+        ("direct", direct),
+        ("passthrough", passthrough),
+        ("http_routed_to_app", routed_to_app),
+        ("intercepted", intercepted),
+    ] {
+        figure(&format!("latency_p50_{path}"), p50, "us");
+        figure(&format!("latency_p99_{path}"), p99, "us");
+    }
+    figure(
+        "latency_p50_added_passthrough",
+        passthrough.0 - direct.0,
+        "us",
+    );
+    figure(
+        "latency_p50_added_http_routed_to_app",
+        routed_to_app.0 - direct.0,
+        "us",
+    );
+    figure(
+        "latency_p50_added_intercepted",
+        intercepted.0 - direct.0,
+        "us",
+    );
+    figure("throughput_direct", t_direct, "MiB/s");
+    figure("throughput_passthrough", t_pass, "MiB/s");
+    figure("throughput_intercepted", t_icpt, "MiB/s");
+    figure(
+        "throughput_passthrough_of_direct",
+        100.0 * t_pass / t_direct,
+        "%",
+    );
+    figure(
+        "throughput_intercepted_of_direct",
+        100.0 * t_icpt / t_direct,
+        "%",
+    );
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    figure("agent_cpu_per_gib_passthrough", cpu_pass / gib, "s");
+    figure("agent_cpu_per_gib_intercepted", cpu_icpt / gib, "s");
+    // Client, servers and the runner-side tunnel share this process.
+    figure(
+        "bench_process_cpu_per_gib_direct",
+        own_direct / rounds / gib,
+        "s",
+    );
+    figure(
+        "bench_process_cpu_per_gib_intercepted",
+        own_icpt / rounds / gib,
+        "s",
+    );
+    figure("rps_direct", r_direct, "req/s");
+    figure("rps_passthrough", r_pass, "req/s");
+    figure("rps_http_routed_to_app", r_routed, "req/s");
+    figure("rps_intercepted", r_icpt, "req/s");
+
+    figure("agent_rss_after_bench", rss_mib(pid), "MiB");
+    drop(session);
+}

@@ -1,0 +1,205 @@
+//! The agent's gRPC service: sessions, connections handed to the
+//! workstation, `to_pod` dials, the environment and health.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tpr_schema::proto::{
+    self, Chunk, GetEnvRequest, GetEnvResponse, HealthRequest, HealthResponse, InterceptResult,
+    SessionEvent, SessionRequest, Welcome, agent_server::Agent, pipe, session_event,
+    session_request,
+};
+use tracing::{debug, info, warn};
+
+use crate::registry::{Registry, TunnelError};
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
+
+pub struct AgentService {
+    pub registry: Arc<Registry>,
+    pub pod: String,
+    pub app_env: BTreeMap<String, String>,
+}
+
+fn event(kind: session_event::Kind) -> SessionEvent {
+    SessionEvent { kind: Some(kind) }
+}
+
+fn chunk_stream(rx: mpsc::Receiver<Chunk>) -> ChunkStream {
+    Box::pin(ReceiverStream::new(rx).map(Ok))
+}
+
+fn metadata<'a>(req: &'a Request<Streaming<Chunk>>, key: &str) -> Result<&'a str, Status> {
+    req.metadata()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Status::invalid_argument(format!("missing request metadata {key}")))
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type SessionStream = EventStream;
+    type TakeConnectionStream = ChunkStream;
+    type DialPodStream = ChunkStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<EventStream>, Status> {
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(proto::SESSION_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(SessionRequest {
+                kind: Some(session_request::Kind::Hello(hello)),
+            }))) => hello,
+            _ => return Err(Status::invalid_argument("a session starts with a hello")),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (id, ended) =
+            self.registry
+                .open_session(hello.install_id.clone(), hello.label.clone(), tx.clone());
+        info!(session = %id, holder = %hello.label, "session opened");
+        let _ = tx.send(event(session_event::Kind::Welcome(Welcome {
+            session_id: id.clone(),
+            pod: self.pod.clone(),
+        })));
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                let next = tokio::select! {
+                    next = tokio::time::timeout(proto::SESSION_TIMEOUT, inbound.message()) => next,
+                    () = ended.cancelled() => break "ended",
+                };
+                let kind = match next {
+                    Err(_) => break "no keepalive",
+                    Ok(Err(_)) => break "stream broken",
+                    Ok(Ok(None)) => break "closed by the runner",
+                    Ok(Ok(Some(SessionRequest { kind: Some(kind) }))) => kind,
+                    Ok(Ok(Some(_))) => continue,
+                };
+                handle(&registry, &id, &tx, kind);
+            };
+            registry.close_session(&id);
+            info!(session = %id, reason, "session ended; its intercepts are removed");
+        });
+        Ok(Response::new(Box::pin(
+            UnboundedReceiverStream::new(rx).map(Ok),
+        )))
+    }
+
+    async fn take_connection(
+        &self,
+        req: Request<Streaming<Chunk>>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let conn_id = metadata(&req, proto::CONN_ID_METADATA)?.to_owned();
+        let (tx, rx) = pipe::outbound();
+        if !self.registry.complete(&conn_id, Ok((req.into_inner(), tx))) {
+            return Err(Status::not_found(format!(
+                "no pending connection {conn_id}"
+            )));
+        }
+        Ok(Response::new(chunk_stream(rx)))
+    }
+
+    async fn dial_pod(
+        &self,
+        req: Request<Streaming<Chunk>>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let port: u16 = metadata(&req, proto::PORT_METADATA)?
+            .parse()
+            .map_err(|_| Status::invalid_argument("tpr-port is not a port"))?;
+        let tcp = TcpStream::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "nothing answers on 127.0.0.1:{port} in the pod: {e}"
+                ))
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let (tx, rx) = pipe::outbound();
+        let inbound = req.into_inner();
+        tokio::spawn(async move {
+            if let Err(e) = pipe::splice(tcp, inbound, tx).await {
+                debug!(port, "to_pod relay ended: {e}");
+            }
+        });
+        Ok(Response::new(chunk_stream(rx)))
+    }
+
+    async fn get_env(&self, _: Request<GetEnvRequest>) -> Result<Response<GetEnvResponse>, Status> {
+        Ok(Response::new(GetEnvResponse {
+            env: self.app_env.clone().into_iter().collect(),
+        }))
+    }
+
+    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+        Ok(Response::new(HealthResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            sessions: u32::try_from(self.registry.session_count()).unwrap_or(u32::MAX),
+            intercepts: self
+                .registry
+                .intercepts()
+                .into_iter()
+                .map(|(name, port, tcp, holder)| proto::InterceptInfo {
+                    name,
+                    port: u32::from(port),
+                    mechanism: if tcp {
+                        proto::Mechanism::Tcp
+                    } else {
+                        proto::Mechanism::Http
+                    } as i32,
+                    holder,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// One message of a live session.
+fn handle(
+    registry: &Registry,
+    session: &str,
+    tx: &mpsc::UnboundedSender<SessionEvent>,
+    kind: session_request::Kind,
+) {
+    let result = |name: String, error: String| {
+        let _ = tx.send(event(session_event::Kind::InterceptResult(
+            InterceptResult { name, error },
+        )));
+    };
+    match kind {
+        session_request::Kind::Ping(_) | session_request::Kind::Hello(_) => {}
+        session_request::Kind::CreateIntercept(create) => {
+            let name = create.name.clone();
+            match registry.create_intercept(session, create) {
+                Ok(()) => {
+                    info!(session, intercept = %name, "intercept active");
+                    result(name, String::new());
+                }
+                Err(e) => {
+                    warn!(session, intercept = %name, "intercept refused: {e}");
+                    result(name, e.to_string());
+                }
+            }
+        }
+        session_request::Kind::RemoveIntercept(remove) => {
+            let existed = registry.remove_intercept(session, &remove.name);
+            let error = if existed {
+                info!(session, intercept = %remove.name, "intercept removed");
+                String::new()
+            } else {
+                format!("no intercept {:?} in this session", remove.name)
+            };
+            result(remove.name, error);
+        }
+        session_request::Kind::DialFailed(failed) => {
+            registry.complete(&failed.conn_id, Err(TunnelError::DialFailed(failed.error)));
+        }
+    }
+}

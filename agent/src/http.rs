@@ -1,0 +1,273 @@
+//! HTTP routing on an http-intercepted port. The agent serves the
+//! downstream connection itself (HTTP/1.1 or h2c) and routes every request
+//! on its own: a request that matches an intercept goes to that session's
+//! workstation through a tunnel stream, the rest to the app. Each
+//! destination gets one upstream connection per downstream connection,
+//! speaking the downstream's protocol and reused across its requests.
+//! Bodies stream through; an HTTP/1.1 upgrade is relayed as raw bytes.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper::server::conn::{http1 as server1, http2 as server2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tpr_schema::proto::{self, pipe::Pipe};
+use tracing::debug;
+
+use crate::detect::Rewind;
+use crate::forward::dial_app;
+use crate::registry::{Intercept, Registry, TunnelError};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Why a request could not be forwarded; becomes a 502.
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    /// Nothing answers on the app's port.
+    #[error("the app does not answer on 127.0.0.1:{port}: {source}")]
+    App {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The workstation could not take the request.
+    #[error("intercept {name:?}: nothing answers on the workstation's localhost:{port} ({source})")]
+    Workstation {
+        name: String,
+        port: u16,
+        #[source]
+        source: TunnelError,
+    },
+    /// The upstream connection failed to start or broke.
+    #[error("upstream connection failed: {0}")]
+    Upstream(#[source] hyper::Error),
+}
+
+pub async fn serve(io: Rewind, h2: bool, app_port: u16, registry: Arc<Registry>) {
+    let conn = Arc::new(Conn {
+        h2,
+        app_port,
+        registry,
+        app: Arc::default(),
+        tunnels: Mutex::default(),
+    });
+    let svc = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.route(req).await) }
+    });
+    let io = TokioIo::new(io);
+    let result = if h2 {
+        server2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(proto::STREAM_WINDOW)
+            .initial_connection_window_size(proto::CONNECTION_WINDOW)
+            .serve_connection(io, svc)
+            .await
+    } else {
+        server1::Builder::new()
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = result {
+        debug!(app_port, "http connection ended: {e}");
+    }
+}
+
+/// One downstream connection and its upstream connections.
+struct Conn {
+    h2: bool,
+    app_port: u16,
+    registry: Arc<Registry>,
+    app: Arc<Upstream>,
+    /// Keyed by intercept identity, so a re-created intercept gets a fresh
+    /// stream.
+    tunnels: Mutex<HashMap<usize, Arc<Upstream>>>,
+}
+
+impl Conn {
+    async fn route(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let intercept = self
+            .registry
+            .match_request(self.app_port, req.uri().path(), req.headers());
+        let downstream_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let result = match &intercept {
+            None => {
+                let port = self.app_port;
+                let dial = async move {
+                    dial_app(port)
+                        .await
+                        .map_err(|source| ForwardError::App { port, source })
+                };
+                self.app.send(self.h2, req, dial, None).await
+            }
+            Some(i) => {
+                let upstream = self.tunnel(i);
+                let registry = self.registry.clone();
+                let dial = async move {
+                    match registry.hand_off(i).await {
+                        Ok((inbound, outbound)) => Ok(Pipe::new(inbound, outbound)),
+                        Err(source) => Err(ForwardError::Workstation {
+                            name: i.name.clone(),
+                            port: i.local_port,
+                            source,
+                        }),
+                    }
+                };
+                upstream
+                    .send(self.h2, req, dial, Some(i.ended.clone()))
+                    .await
+            }
+        };
+        match result {
+            Ok(mut resp) => {
+                if let Some(down) = downstream_upgrade
+                    && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                {
+                    let up = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(async move {
+                        if let (Ok(down), Ok(up)) = tokio::join!(down, up) {
+                            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        }
+                    });
+                }
+                resp.map(BodyExt::boxed)
+            }
+            Err(e) => {
+                debug!(app_port = self.app_port, "502: {e}");
+                let body = format!("tpr: {e}\n");
+                let mut resp =
+                    Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+                *resp.status_mut() = StatusCode::BAD_GATEWAY;
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                resp
+            }
+        }
+    }
+
+    fn tunnel(&self, intercept: &Arc<Intercept>) -> Arc<Upstream> {
+        let mut tunnels = self.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+        tunnels.retain(|_, u| !u.ended());
+        tunnels
+            .entry(Arc::as_ptr(intercept) as usize)
+            .or_insert_with(|| {
+                Arc::new(Upstream {
+                    ended: Some(intercept.ended.clone()),
+                    ..Upstream::default()
+                })
+            })
+            .clone()
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+        })
+}
+
+enum Sender {
+    H1(client1::SendRequest<Incoming>),
+    H2(client2::SendRequest<Incoming>),
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = hyper::Result<Response<Incoming>>> + Send>>;
+
+/// A lazily dialed upstream connection, dialed again when it closed.
+#[derive(Default)]
+struct Upstream {
+    slot: tokio::sync::Mutex<Option<Sender>>,
+    ended: Option<CancellationToken>,
+}
+
+impl Upstream {
+    fn ended(&self) -> bool {
+        self.ended
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
+    async fn send<IO, D>(
+        &self,
+        h2: bool,
+        req: Request<Incoming>,
+        dial: D,
+        ended: Option<CancellationToken>,
+    ) -> Result<Response<Incoming>, ForwardError>
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        D: Future<Output = Result<IO, ForwardError>>,
+    {
+        let response: ResponseFuture = {
+            let mut slot = self.slot.lock().await;
+            let reusable = match slot.as_mut() {
+                Some(Sender::H1(s)) => s.ready().await.is_ok(),
+                Some(Sender::H2(s)) => s.ready().await.is_ok(),
+                None => false,
+            };
+            if !reusable {
+                *slot = Some(handshake(h2, dial.await?, ended).await?);
+            }
+            match slot.as_mut() {
+                Some(Sender::H1(s)) => Box::pin(s.send_request(req)),
+                Some(Sender::H2(s)) => Box::pin(s.send_request(req)),
+                None => unreachable!("the slot was just filled"),
+            }
+        };
+        response.await.map_err(ForwardError::Upstream)
+    }
+}
+
+async fn handshake<IO>(
+    h2: bool,
+    io: IO,
+    ended: Option<CancellationToken>,
+) -> Result<Sender, ForwardError>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let io = TokioIo::new(io);
+    let ended = ended.unwrap_or_default();
+    if h2 {
+        let (sender, conn) = client2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(proto::STREAM_WINDOW)
+            .initial_connection_window_size(proto::CONNECTION_WINDOW)
+            .handshake(io)
+            .await
+            .map_err(ForwardError::Upstream)?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = conn => {}
+                () = ended.cancelled() => {}
+            }
+        });
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, conn) = client1::handshake(io)
+            .await
+            .map_err(ForwardError::Upstream)?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = conn.with_upgrades() => {}
+                () = ended.cancelled() => {}
+            }
+        });
+        Ok(Sender::H1(sender))
+    }
+}

@@ -1,0 +1,589 @@
+//! The agent on loopback: the real `tpr-agent` binary, real app servers, the
+//! real runner-side client (`tpr::tunnel`) and real workstation servers.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tpr::tunnel::{self, HeaderMatch, InterceptSpec, Mechanism, Notice, TunnelError};
+
+use support::*;
+
+const REVERT: Duration = Duration::from_secs(3);
+
+fn tcp_spec(name: &str, app_port: u16, target: u16) -> InterceptSpec {
+    InterceptSpec {
+        name: name.into(),
+        app_port,
+        mechanism: Mechanism::Tcp,
+        target: ([127, 0, 0, 1], target).into(),
+    }
+}
+
+fn http_spec(name: &str, app_port: u16, target: u16) -> InterceptSpec {
+    InterceptSpec {
+        name: name.into(),
+        app_port,
+        mechanism: Mechanism::Http {
+            headers: vec![],
+            path_prefix: None,
+        },
+        target: ([127, 0, 0, 1], target).into(),
+    }
+}
+
+#[tokio::test]
+async fn without_intercepts_connections_pass_through_to_the_app() {
+    let app = tcp_server("app").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let (mut tcp, line) = first_line(agent.port_for(app.port())).await;
+    assert_eq!(line, "app");
+    tcp.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tcp.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+#[tokio::test]
+async fn a_tcp_intercept_takes_new_connections_until_its_session_is_lost() {
+    let app = tcp_server("app").await;
+    let workstation = tcp_server("workstation").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let front = agent.port_for(app.port());
+
+    let session = agent.session("alice").await;
+    session
+        .create_intercept(tcp_spec("orders", app.port(), workstation.port()))
+        .await
+        .unwrap();
+    let (mut held, line) = first_line(front).await;
+    assert_eq!(line, "workstation");
+    held.write_all(b"through the tunnel").await.unwrap();
+    let mut buf = [0u8; 18];
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"through the tunnel");
+
+    // The runner goes away: traffic reverts, the handed-off connection closes.
+    drop(session);
+    eventually(REVERT, "new connections reach the app again", || async {
+        first_line(front).await.1 == "app"
+    })
+    .await;
+    let closed = tokio::time::timeout(Duration::from_secs(3), held.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "held connection closed: {closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_tcp_intercept_on_a_port_is_refused_naming_the_holder() {
+    let app = tcp_server("app").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let alice = agent.session("alice").await;
+    let bob = agent.session("bob").await;
+    alice
+        .create_intercept(tcp_spec("orders", app.port(), 1))
+        .await
+        .unwrap();
+
+    let err = bob
+        .create_intercept(tcp_spec("orders", app.port(), 2))
+        .await
+        .unwrap_err();
+    let TunnelError::Refused { reason, .. } = &err else {
+        panic!("expected a refusal, got {err}")
+    };
+    assert!(
+        reason.contains("alice@test") && reason.contains("orders"),
+        "{reason}"
+    );
+    let err = bob
+        .create_intercept(http_spec("orders", app.port(), 2))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("alice@test"), "{err}");
+
+    // Once alice removes hers, bob gets the port.
+    alice.remove_intercept("orders").await.unwrap();
+    bob.create_intercept(tcp_spec("orders", app.port(), 2))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_intercept_on_a_port_the_agent_does_not_forward_is_refused() {
+    let app = tcp_server("app").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let session = agent.session("alice").await;
+    let err = session
+        .create_intercept(tcp_spec("x", 1, 2))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not forwarded"), "{err}");
+}
+
+#[tokio::test]
+async fn http_requests_are_routed_one_by_one_on_one_keep_alive_connection() {
+    let app = http_server("app").await;
+    let workstation = http_server("workstation").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let session = agent.session("alice").await;
+    session
+        .create_intercept(http_spec("orders", app.port(), workstation.port()))
+        .await
+        .unwrap();
+
+    let id = intercept_id("alice", "orders");
+    let mine = [("x-telepresence-intercept-id", id.as_str())];
+    let mut client = H1::connect(agent.port_for(app.port())).await;
+    for round in 0..3 {
+        assert_eq!(client.get("/a", &[]).await.1, "app GET /a", "round {round}");
+        assert_eq!(
+            client.get("/b", &mine).await.1,
+            "workstation GET /b",
+            "round {round}"
+        );
+    }
+    let other = [("x-telepresence-intercept-id", "id-bob:orders")];
+    assert_eq!(client.get("/c", &other).await.1, "app GET /c");
+
+    // A large body streams through the tunnel and back.
+    let body = Bytes::from(vec![7u8; 8 << 20]);
+    let resp = client
+        .send(request("POST", "/echo", &mine, body.clone()))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(echoed.len(), body.len());
+    assert_eq!(client.get("/d", &[]).await.1, "app GET /d");
+
+    // The session ends: on the same connection, matching requests go to
+    // the app again.
+    drop(session);
+    let start = std::time::Instant::now();
+    while client.get("/e", &mine).await.1 != "app GET /e" {
+        assert!(
+            start.elapsed() < REVERT,
+            "intercepted requests reach the app again"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn http2_requests_are_routed_one_by_one_on_one_connection() {
+    let app = http_server("app").await;
+    let workstation = http_server("workstation").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let session = agent.session("alice").await;
+    session
+        .create_intercept(http_spec("orders", app.port(), workstation.port()))
+        .await
+        .unwrap();
+    let id = intercept_id("alice", "orders");
+    let client = H2::connect(agent.port_for(app.port())).await;
+    let mut calls = Vec::new();
+    for i in 0..10 {
+        let mut client = client.clone();
+        let id = id.clone();
+        calls.push(tokio::spawn(async move {
+            let path = format!("/r{i}");
+            if i % 2 == 0 {
+                client
+                    .get(&path, &[("x-telepresence-intercept-id", &id)])
+                    .await
+            } else {
+                client.get(&path, &[]).await
+            }
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let who = if i % 2 == 0 { "workstation" } else { "app" };
+        assert_eq!(body, format!("{who} GET /r{i}"));
+    }
+}
+
+#[tokio::test]
+async fn two_personal_intercepts_share_a_port() {
+    let app = http_server("app").await;
+    let alice_ws = http_server("alice").await;
+    let bob_ws = http_server("bob").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let alice = agent.session("alice").await;
+    let bob = agent.session("bob").await;
+    alice
+        .create_intercept(http_spec("orders", app.port(), alice_ws.port()))
+        .await
+        .unwrap();
+    bob.create_intercept(http_spec("orders", app.port(), bob_ws.port()))
+        .await
+        .unwrap();
+
+    let mut client = H1::connect(agent.port_for(app.port())).await;
+    let a = intercept_id("alice", "orders");
+    let b = intercept_id("bob", "orders");
+    assert_eq!(
+        client
+            .get("/", &[("x-telepresence-intercept-id", &a)])
+            .await
+            .1,
+        "alice GET /"
+    );
+    assert_eq!(
+        client
+            .get("/", &[("x-telepresence-intercept-id", &b)])
+            .await
+            .1,
+        "bob GET /"
+    );
+    assert_eq!(client.get("/", &[]).await.1, "app GET /");
+
+    // Bob leaves; alice keeps hers, bob's requests fall back to the app.
+    drop(bob);
+    eventually(REVERT, "bob's requests reach the app", || async {
+        let mut c = H1::connect(agent.port_for(app.port())).await;
+        c.get("/", &[("x-telepresence-intercept-id", &b)]).await.1 == "app GET /"
+    })
+    .await;
+    assert_eq!(
+        client
+            .get("/", &[("x-telepresence-intercept-id", &a)])
+            .await
+            .1,
+        "alice GET /"
+    );
+}
+
+#[tokio::test]
+async fn header_regex_and_path_prefix_select_requests() {
+    let app = http_server("app").await;
+    let workstation = http_server("workstation").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let session = agent.session("alice").await;
+    let spec = InterceptSpec {
+        mechanism: Mechanism::Http {
+            headers: vec![HeaderMatch::Regex {
+                name: "X-Dev".into(),
+                pattern: "al(ice|ex)".into(),
+            }],
+            path_prefix: Some("/api/".into()),
+        },
+        ..http_spec("orders", app.port(), workstation.port())
+    };
+    session.create_intercept(spec).await.unwrap();
+    let mut client = H1::connect(agent.port_for(app.port())).await;
+    assert_eq!(
+        client.get("/api/x", &[("x-dev", "alex")]).await.1,
+        "workstation GET /api/x"
+    );
+    assert_eq!(
+        client.get("/api/x", &[("x-dev", "alexander")]).await.1,
+        "app GET /api/x"
+    );
+    assert_eq!(
+        client.get("/web", &[("x-dev", "alice")]).await.1,
+        "app GET /web"
+    );
+    assert_eq!(client.get("/api/x", &[]).await.1, "app GET /api/x");
+}
+
+#[tokio::test]
+async fn a_refused_workstation_gets_502_naming_the_intercept_reported_once() {
+    let app = http_server("app").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let mut session = agent.session("alice").await;
+    let down = closed_port();
+    session
+        .create_intercept(http_spec("orders", app.port(), down))
+        .await
+        .unwrap();
+
+    let id = intercept_id("alice", "orders");
+    let mut client = H1::connect(agent.port_for(app.port())).await;
+    for _ in 0..5 {
+        let (status, body) = client
+            .get("/", &[("x-telepresence-intercept-id", &id)])
+            .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(
+            body.contains("\"orders\"") && body.contains(&down.to_string()),
+            "{body}"
+        );
+    }
+    assert_eq!(client.get("/", &[]).await.1, "app GET /");
+    let first = session.try_notice();
+    assert!(
+        matches!(&first, Some(Notice::WorkstationUnreachable { intercept, target, .. })
+            if intercept == "orders" && target.port() == down),
+        "{first:?}"
+    );
+    assert_eq!(session.try_notice(), None, "reported once, not per request");
+
+    // tcp: the connection is closed.
+    let tcp_app = tcp_server("app").await;
+    let tcp_agent = Agent::start(&[tcp_app.port()], &[]).await;
+    let tcp_session = tcp_agent.session("alice").await;
+    tcp_session
+        .create_intercept(tcp_spec("raw", tcp_app.port(), down))
+        .await
+        .unwrap();
+    let (_, line) = first_line(tcp_agent.port_for(tcp_app.port())).await;
+    assert_eq!(line, "", "closed without data");
+}
+
+#[tokio::test]
+async fn websocket_upgrades_are_routed_by_headers_then_relayed() {
+    let app = http_server("app").await;
+    let workstation = http_server("workstation").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let session = agent.session("alice").await;
+    session
+        .create_intercept(http_spec("orders", app.port(), workstation.port()))
+        .await
+        .unwrap();
+    let id = intercept_id("alice", "orders");
+    for (headers, who) in [
+        (
+            vec![("x-telepresence-intercept-id", id.as_str())],
+            "workstation",
+        ),
+        (vec![], "app"),
+    ] {
+        let mut client = H1::connect(agent.port_for(app.port())).await;
+        let mut h = headers.clone();
+        h.extend([("connection", "upgrade"), ("upgrade", "websocket")]);
+        let resp = client.send(request("GET", "/ws", &h, Bytes::new())).await;
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let upgraded = hyper::upgrade::on(resp).await.unwrap();
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut line = vec![0u8; format!("{who} upgraded\n").len()];
+        io.read_exact(&mut line).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&line), format!("{who} upgraded\n"));
+        io.write_all(b"frame").await.unwrap();
+        let mut echo = [0u8; 5];
+        io.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"frame");
+    }
+}
+
+#[tokio::test]
+async fn tls_on_an_http_intercepted_port_goes_to_the_app_and_is_reported() {
+    let app = tcp_server("app").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let mut session = agent.session("alice").await;
+    session
+        .create_intercept(http_spec("orders", app.port(), 1))
+        .await
+        .unwrap();
+
+    let mut tcp = TcpStream::connect(agent.port_for(app.port()))
+        .await
+        .unwrap();
+    let hello = b"\x16\x03\x01\x00\x05hello";
+    tcp.write_all(hello).await.unwrap();
+    let mut got = vec![0u8; 4 + hello.len()];
+    tcp.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got[..4], b"app\n");
+    assert_eq!(&got[4..], hello, "bytes reach the app untouched");
+    let notice = tokio::time::timeout(Duration::from_secs(3), session.next_notice())
+        .await
+        .unwrap();
+    assert!(
+        matches!(notice, Some(Notice::TlsPassthrough { ref intercept, .. }) if intercept == "orders"),
+        "{notice:?}"
+    );
+}
+
+#[tokio::test]
+async fn to_pod_relays_a_local_port_to_the_pod() {
+    let app = tcp_server("app").await;
+    let sidecar = tcp_server("sidecar").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let relay = tunnel::ToPod::start(
+        agent.channel().await,
+        ([127, 0, 0, 1], 0).into(),
+        sidecar.port(),
+    )
+    .await
+    .unwrap();
+    let (mut tcp, line) = first_line(relay.local_addr()).await;
+    assert_eq!(line, "sidecar");
+    tcp.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    tcp.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi");
+
+    // Nothing there: the local connection closes.
+    let nothing = tunnel::ToPod::start(
+        agent.channel().await,
+        ([127, 0, 0, 1], 0).into(),
+        closed_port(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first_line(nothing.local_addr()).await.1, "");
+}
+
+#[tokio::test]
+async fn the_env_report_is_the_apps_environment() {
+    let app = tcp_server("app").await;
+    let agent = Agent::start(
+        &[app.port()],
+        &[
+            ("TPR_APP_DATABASE_URL", "postgres://db/orders"),
+            ("TPR_APP_MODE", "dev"),
+            ("TPR_AGENT_ENV_PREFIX", "TPR_APP_"),
+            ("TPR_AGENT_POD_NAME", "orders-1"),
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("REDIS_PORT_6379_TCP_ADDR", "10.96.0.7"),
+            ("PATH", "/nowhere"),
+            ("HOME", "/home/agent"),
+        ],
+    )
+    .await;
+    let env = tunnel::get_env(agent.channel().await).await.unwrap();
+    let got: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ("DATABASE_URL", "postgres://db/orders"),
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("MODE", "dev"),
+            ("REDIS_PORT_6379_TCP_ADDR", "10.96.0.7"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_silent_session_ends_within_three_seconds() {
+    // A network cut: the runner's connection stays open but nothing flows.
+    let app = tcp_server("app").await;
+    let workstation = tcp_server("workstation").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let cut = Freezer::start(agent.grpc).await;
+    let channel = tunnel::connect(cut.addr).await.unwrap();
+    let session = tunnel::Session::open(channel, hello("alice"))
+        .await
+        .unwrap();
+    session
+        .create_intercept(tcp_spec("orders", app.port(), workstation.port()))
+        .await
+        .unwrap();
+    let front = agent.port_for(app.port());
+    assert_eq!(first_line(front).await.1, "workstation");
+    cut.freeze();
+    let took = eventually(REVERT, "the app answers again after the cut", || async {
+        first_line(front).await.1 == "app"
+    })
+    .await;
+    eprintln!("reverted {took:?} after the cut");
+    drop(session);
+}
+
+#[test]
+fn the_ready_probe_reports_the_agent_state() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(tcp_server("app"));
+    let agent = rt.block_on(Agent::start(&[app.port()], &[]));
+    let probe = |port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tpr-agent"))
+            .arg("ready")
+            .env_clear()
+            .env("TPR_AGENT_GRPC_PORT", port.to_string())
+            .output()
+            .unwrap()
+    };
+    let ok = probe(agent.grpc.port());
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ready"));
+    let down = probe(closed_port());
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+}
+
+#[test]
+fn bad_settings_exit_64_naming_the_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tpr-agent"))
+        .env_clear()
+        .env("TPR_AGENT_FORWARDS", "9901:8080")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TPR_AGENT_FORWARDS"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn killing_the_runner_process_reverts_within_three_seconds() {
+    use tokio::io::AsyncBufReadExt;
+    let app = tcp_server("app").await;
+    let workstation = tcp_server("workstation").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let spec = format!("{},{},{}", agent.grpc, app.port(), workstation.port());
+    let mut runner = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "helper_runner", "--nocapture"])
+        .env("TPR_TEST_RUNNER", spec)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(runner.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("INTERCEPTING") {
+            break;
+        }
+    }
+    let front = agent.port_for(app.port());
+    let (mut held, line) = first_line(front).await;
+    assert_eq!(line, "workstation");
+
+    runner.start_kill().unwrap(); // SIGKILL: no goodbye
+    runner.wait().await.unwrap();
+    let took = eventually(
+        REVERT,
+        "the app answers again after the runner died",
+        || async { first_line(front).await.1 == "app" },
+    )
+    .await;
+    eprintln!("reverted {took:?} after the runner died");
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(3), held.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "handed-off connection closed: {closed:?}"
+    );
+}
+
+/// The runner process of the test above: holds a tcp intercept until killed.
+#[test]
+#[ignore = "helper: run as a process by killing_the_runner_process_reverts_within_three_seconds"]
+fn helper_runner() {
+    let Ok(spec) = std::env::var("TPR_TEST_RUNNER") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let grpc: std::net::SocketAddr = parts[0].parse().unwrap();
+    let (app_port, target): (u16, u16) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let channel = tunnel::connect(grpc).await.unwrap();
+        let session = tunnel::Session::open(channel, hello("doomed"))
+            .await
+            .unwrap();
+        session
+            .create_intercept(tcp_spec("orders", app_port, target))
+            .await
+            .unwrap();
+        println!("\nINTERCEPTING");
+        std::future::pending::<()>().await;
+    });
+}

@@ -1,0 +1,128 @@
+//! `tpr status`: the connection, context, namespace, install id, and each
+//! intercept of this project with its state.
+
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use crate::project_file::ProjectArgs;
+use crate::up::control::{Request, ask};
+use crate::up::state::{State, StatePaths};
+use crate::up::{install_id, run};
+
+/// Output format of the read-only commands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
+}
+
+pub fn run(args: &StatusArgs) -> miette::Result<ExitCode> {
+    let project = args.project.load()?;
+    let paths = StatePaths::for_project(&args.project.file)?;
+    let id = install_id::install_id()?;
+    let (cluster, live) = super::block_on(async {
+        let cluster = run::connect(&project).await;
+        let live = ask(&paths.socket, &Request::Status).await.ok().flatten();
+        (cluster, live)
+    });
+    let state: Option<State> = live.and_then(|text| serde_json::from_str(&text).ok());
+    let namespace = project.cluster.namespace.clone().or_else(|| {
+        cluster
+            .as_ref()
+            .ok()
+            .map(|c| c.default_namespace().to_owned())
+    });
+    let (connected, context, url, error) = match &cluster {
+        Ok(c) => (
+            true,
+            Some(c.context().to_owned()),
+            Some(c.url().to_owned()),
+            None,
+        ),
+        Err(e) => (
+            false,
+            project.cluster.context.clone(),
+            None,
+            Some(e.to_string()),
+        ),
+    };
+    let intercepts = state
+        .as_ref()
+        .map(|s| s.intercepts.clone())
+        .unwrap_or_default();
+    match args.output {
+        Output::Json => {
+            let v = json!({
+                "cluster": {
+                    "connected": connected,
+                    "context": context,
+                    "url": url,
+                    "namespace": namespace,
+                    "error": error,
+                },
+                "install_id": id,
+                "running": state.as_ref().map(|s| s.pid),
+                "intercepts": intercepts,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+        }
+        Output::Text => {
+            match &cluster {
+                Ok(c) => println!(
+                    "Cluster    : connected to {} (context {})",
+                    c.url(),
+                    c.context()
+                ),
+                Err(e) => println!("Cluster    : not connected: {e}"),
+            }
+            println!("Namespace  : {}", namespace.as_deref().unwrap_or("-"));
+            println!("Install id : {id}");
+            match &state {
+                None => match paths.read() {
+                    Some(stale) => println!(
+                        "tpr up     : not running; pid {} ended without cleaning up (its intercepts ended with it); `tpr down` clears its state",
+                        stale.pid
+                    ),
+                    None => println!(
+                        "tpr up     : not running for {}",
+                        args.project.file.display()
+                    ),
+                },
+                Some(s) => {
+                    println!("tpr up     : running (pid {})", s.pid);
+                    if s.intercepts.is_empty() {
+                        println!("Intercepts : none");
+                    }
+                    for i in &s.intercepts {
+                        println!(
+                            "Intercept  : {} {} {} in {} via pod {} [{}] {}",
+                            i.name,
+                            i.state,
+                            i.workload,
+                            i.namespace,
+                            i.pod.as_deref().unwrap_or("-"),
+                            i.mechanism,
+                            i.ports.join(", ")
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = cluster {
+        return Err(e.into());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,269 @@
+//! Reaching the agent: the ready pod that runs the current agent, a
+//! port-forward stream to it through the API, and a tonic channel whose
+//! every connection is a new port-forward.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::Api;
+use kube::api::Portforwarder;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::rollout::pods_of;
+use super::template::AgentPort;
+use super::{AGENT_CONTAINER, Cluster, K8sError, Workload};
+
+/// A pod that runs the workload's current agent and is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPod {
+    /// The pod's name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The agent's gRPC port.
+    pub grpc_port: u16,
+    /// The ports the agent forwards.
+    pub ports: Vec<AgentPort>,
+}
+
+/// What identifies the current agent in a pod: its image and settings.
+fn agent_identity(c: &Container) -> (Option<String>, serde_json::Value) {
+    (
+        c.image.clone(),
+        serde_json::to_value(&c.env).unwrap_or_default(),
+    )
+}
+
+fn agent_of(containers: &[Container]) -> Option<&Container> {
+    containers.iter().find(|c| c.name == AGENT_CONTAINER)
+}
+
+/// Finds a ready pod of the workload whose agent container matches the
+/// workload's template (so not a pod of an older template still terminating).
+pub async fn find_agent_pod(cluster: &Cluster, workload: &Workload) -> Result<AgentPod, K8sError> {
+    let ns = workload.metadata().namespace.clone().unwrap_or_default();
+    let w = super::resolve::get_workload(cluster, workload.kind(), &ns, workload.name())
+        .await?
+        .ok_or_else(|| K8sError::WorkloadNotFound {
+            name: workload.name().into(),
+            kind: Some(workload.kind()),
+            namespace: ns.clone(),
+        })?;
+    let no_pod = |detail: String| K8sError::NoAgentPod {
+        workload: w.display(),
+        namespace: ns.clone(),
+        detail: Some(detail),
+    };
+    let template_spec = w.template().spec.clone().unwrap_or_default();
+    let Some(agent) = agent_of(&template_spec.containers).filter(|_| w.has_agent()) else {
+        return Err(no_pod("the agent is not installed".into()));
+    };
+    let wanted = agent_identity(agent);
+    let grpc_port = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "TPR_AGENT_GRPC_PORT")
+        .and_then(|e| e.value.as_deref()?.parse().ok())
+        .unwrap_or(super::DEFAULT_GRPC_PORT);
+    let pods = pods_of(cluster, &w).await?;
+    let total = pods.len();
+    let mut ready: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| agent_of(&s.containers))
+                .map(agent_identity)
+                .as_ref()
+                == Some(&wanted)
+        })
+        .collect();
+    ready.sort_by_key(|p| p.metadata.name.clone());
+    let pod = ready
+        .first()
+        .ok_or_else(|| no_pod(format!("{total} pods, none ready with the current agent")))?;
+    Ok(AgentPod {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        namespace: ns,
+        grpc_port,
+        ports: w.agent_ports()?,
+    })
+}
+
+/// Waits up to `timeout` for a ready pod with the current agent, e.g. after
+/// the agent's pod was restarted or replaced; other errors end the wait.
+pub async fn wait_for_agent_pod(
+    cluster: &Cluster,
+    workload: &Workload,
+    timeout: std::time::Duration,
+) -> Result<AgentPod, K8sError> {
+    let start = std::time::Instant::now();
+    loop {
+        match find_agent_pod(cluster, workload).await {
+            Err(K8sError::NoAgentPod { detail, .. })
+                if start.elapsed() < timeout
+                    && detail.as_deref() != Some("the agent is not installed") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One port-forwarded connection to a pod port. Reads fail with the
+/// kubelet's message when the pod side fails (e.g. nothing listens).
+pub struct PortForwardStream {
+    stream: DuplexStream,
+    error: Option<BoxFuture<'static, Option<String>>>,
+    // Owns the background task that carries the WebSocket.
+    _forwarder: Portforwarder,
+}
+
+/// Opens a port-forward to `pod:port` through the API server
+/// (`create pods/portforward`).
+pub async fn port_forward(
+    cluster: &Cluster,
+    namespace: &str,
+    pod: &str,
+    port: u16,
+) -> Result<PortForwardStream, K8sError> {
+    let api: Api<Pod> = Api::namespaced(cluster.client().clone(), namespace);
+    let mut forwarder = api.portforward(pod, &[port]).await.map_err(|e| {
+        cluster
+            .request("create", "pods/portforward", namespace)
+            .error(e)
+    })?;
+    let fail = |cause: &str| K8sError::PortForward {
+        pod: pod.into(),
+        port,
+        namespace: namespace.into(),
+        cause: cause.into(),
+    };
+    let stream = forwarder
+        .take_stream(port)
+        .ok_or_else(|| fail("no stream for the port"))?;
+    let error = forwarder.take_error(port).map(|f| f.boxed());
+    Ok(PortForwardStream {
+        stream,
+        error,
+        _forwarder: forwarder,
+    })
+}
+
+impl PortForwardStream {
+    fn poll_error(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let fut = self.error.as_mut()?;
+        match fut.poll_unpin(cx) {
+            Poll::Ready(msg) => {
+                self.error = None;
+                msg.map(|m| io::Error::new(io::ErrorKind::ConnectionRefused, m))
+            }
+            Poll::Pending => None,
+        }
+    }
+}
+
+impl AsyncRead for PortForwardStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => Poll::Ready(Ok(())),
+            // At EOF or while waiting, a pod-side error explains why.
+            other => match self.poll_error(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => other,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for PortForwardStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.poll_error(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A tower connector for tonic: every connection the channel opens is a new
+/// port-forward to the same pod port.
+#[derive(Clone)]
+pub struct PortForwardConnector {
+    cluster: Cluster,
+    namespace: String,
+    pod: String,
+    port: u16,
+}
+
+impl PortForwardConnector {
+    /// A connector to `pod:port` in `namespace`.
+    pub fn new(cluster: Cluster, namespace: &str, pod: &str, port: u16) -> Self {
+        Self {
+            cluster,
+            namespace: namespace.into(),
+            pod: pod.into(),
+            port,
+        }
+    }
+}
+
+impl tower::Service<Uri> for PortForwardConnector {
+    type Response = TokioIo<PortForwardStream>;
+    type Error = K8sError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, K8sError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), K8sError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            port_forward(&this.cluster, &this.namespace, &this.pod, this.port)
+                .await
+                .map(TokioIo::new)
+        })
+    }
+}
+
+/// A gRPC channel to the agent in `pod`, connecting lazily (the first call
+/// opens the port-forward; a dropped connection is reopened by the next call).
+pub fn agent_channel(cluster: &Cluster, namespace: &str, pod: &str, port: u16) -> Channel {
+    // The URI only sets :authority; the connector decides where bytes go.
+    Endpoint::from_static("http://tpr-agent.invalid").connect_with_connector_lazy(
+        PortForwardConnector::new(cluster.clone(), namespace, pod, port),
+    )
+}

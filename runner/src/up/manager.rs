@@ -1,0 +1,444 @@
+//! Makes the cluster match the project file and keeps it so: resolves every
+//! intercept before changing anything, installs the agents that are missing,
+//! opens one session per agent pod, registers the intercepts, brings the
+//! `to_pod` ports here, writes the env files, and on a new version of the
+//! file changes only what changed. It also restores lost sessions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use tpr_schema::{Intercept, Project};
+
+use crate::k8s::{self, Cluster, Resolved, RolloutOptions};
+use crate::tunnel::Hello;
+
+use super::UpError;
+use super::link::Link;
+use super::plan;
+use super::progress::Display;
+use super::state::{InterceptState, State, StatePaths};
+
+/// `namespace/Kind/name`: one agent (one session) per workload.
+type WorkloadId = String;
+
+fn workload_id(r: &Resolved) -> WorkloadId {
+    format!(
+        "{}/{}",
+        r.workload
+            .metadata()
+            .namespace
+            .as_deref()
+            .unwrap_or_default(),
+        r.workload.display()
+    )
+}
+
+/// An intercept that is registered.
+struct Active {
+    intercept: Intercept,
+    link: WorkloadId,
+    /// One per port of the intercept.
+    resolved: Vec<Resolved>,
+}
+
+/// The cluster side of a running `tpr up`.
+pub struct Manager {
+    cluster: Cluster,
+    install_id: String,
+    hello: Hello,
+    project: Option<Project>,
+    links: BTreeMap<WorkloadId, Link>,
+    active: BTreeMap<String, Active>,
+    paths: StatePaths,
+    project_file: std::path::PathBuf,
+}
+
+impl Manager {
+    pub fn new(
+        cluster: Cluster,
+        install_id: String,
+        paths: StatePaths,
+        project_file: std::path::PathBuf,
+    ) -> Self {
+        let hello = Hello {
+            install_id: install_id.clone(),
+            label: super::install_id::session_label(),
+        };
+        Manager {
+            cluster,
+            install_id,
+            hello,
+            project: None,
+            links: BTreeMap::new(),
+            active: BTreeMap::new(),
+            paths,
+            project_file,
+        }
+    }
+
+    pub fn install_id(&self) -> &str {
+        &self.install_id
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Makes the intercepts match `project`. Every intercept is resolved
+    /// first: an error there changes nothing. Returns whether any intercept
+    /// changed.
+    pub async fn apply(&mut self, project: &Project) -> Result<bool, UpError> {
+        if let Some(old) = &self.project
+            && old.cluster != project.cluster
+        {
+            return Err(UpError::ClusterChanged);
+        }
+        let context_ns = self.cluster.default_namespace().to_owned();
+        // 1. Resolve what is new or changed (read-only).
+        let mut todo: Vec<(Intercept, Vec<Resolved>)> = Vec::new();
+        for intercept in &project.intercepts {
+            if self
+                .active
+                .get(&intercept.name)
+                .is_some_and(|a| a.intercept == *intercept)
+            {
+                continue;
+            }
+            let ns = plan::namespace_of(project, intercept, &context_ns);
+            let mut resolved = Vec::new();
+            for port in &intercept.ports {
+                let target = plan::target(intercept, &ns, port.service_port.as_ref());
+                resolved.push(k8s::resolve(&self.cluster, &target).await?);
+            }
+            todo.push((intercept.clone(), resolved));
+        }
+        let leaving_any = self.active.keys().any(|n| project.intercept(n).is_none());
+        let changed = !todo.is_empty() || leaving_any;
+        // 2. End what left the file or changed.
+        let wanted: BTreeSet<&str> = project.intercepts.iter().map(|i| i.name.as_str()).collect();
+        let leaving: Vec<String> = self
+            .active
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()) || todo.iter().any(|(i, _)| &i.name == *n))
+            .cloned()
+            .collect();
+        for name in leaving {
+            let gone = !wanted.contains(name.as_str());
+            self.end(&name).await?;
+            if gone {
+                println!("ended intercept {name}");
+            }
+        }
+        // 3. Install and connect per workload, then register.
+        let agent = plan::agent_spec(project);
+        let mut by_workload: BTreeMap<WorkloadId, Vec<(Intercept, Vec<Resolved>)>> =
+            BTreeMap::new();
+        for (intercept, resolved) in todo {
+            let id = workload_id(&resolved[0]);
+            by_workload
+                .entry(id)
+                .or_default()
+                .push((intercept, resolved));
+        }
+        for (id, items) in by_workload {
+            let workload = items[0].1[0].workload.clone();
+            println!("Using {} {}", workload.kind().kind(), workload.name());
+            let mut requests: Vec<_> = items
+                .iter()
+                .flat_map(|(_, rs)| rs.iter().map(Resolved::port_request))
+                .collect();
+            requests.extend(
+                self.active
+                    .values()
+                    .filter(|a| a.link == id)
+                    .flat_map(|a| a.resolved.iter().map(Resolved::port_request)),
+            );
+            let progress = Display::new();
+            let started = Instant::now();
+            let outcome = k8s::install(
+                &self.cluster,
+                &workload,
+                &requests,
+                &agent,
+                &RolloutOptions::default(),
+                &progress,
+            )
+            .await;
+            progress.finish();
+            let outcome = outcome?;
+            if outcome.changed {
+                eprintln!(
+                    "tpr: installed the traffic agent in {} ({:.1} s)",
+                    outcome.workload,
+                    started.elapsed().as_secs_f64()
+                );
+                // The pods were replaced: the old session is gone.
+                if let Some(old) = self.links.remove(&id) {
+                    old.close().await;
+                }
+            }
+            if !self.links.contains_key(&id) {
+                let link = Link::open(&self.cluster, workload.clone(), self.hello.clone()).await?;
+                self.links.insert(id.clone(), link);
+                // Intercepts already on this workload move to the new session.
+                let existing: Vec<String> = self
+                    .active
+                    .iter()
+                    .filter(|(_, a)| a.link == id)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in existing {
+                    let a = self.active.remove(&name).expect("listed");
+                    self.register(&id, a.intercept, a.resolved, false).await?;
+                }
+            }
+            for (intercept, resolved) in items {
+                self.register(&id, intercept, resolved, true).await?;
+            }
+        }
+        self.sync_to_pod().await?;
+        // 4. Drop agents nothing intercepts any more (they stay installed).
+        let used: BTreeSet<WorkloadId> = self.active.values().map(|a| a.link.clone()).collect();
+        let idle: Vec<WorkloadId> = self
+            .links
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect();
+        for id in idle {
+            if let Some(link) = self.links.remove(&id) {
+                link.close().await;
+            }
+        }
+        self.project = Some(project.clone());
+        self.write_env_files()?;
+        self.write_state();
+        Ok(changed)
+    }
+
+    async fn register(
+        &mut self,
+        id: &WorkloadId,
+        intercept: Intercept,
+        resolved: Vec<Resolved>,
+        print: bool,
+    ) -> Result<(), UpError> {
+        let link = self.links.get_mut(id).expect("connected");
+        for (index, r) in resolved.iter().enumerate() {
+            link.create(plan::intercept_spec(&intercept, index, r, &self.install_id))
+                .await?;
+        }
+        if print {
+            let ids: Vec<String> = resolved
+                .iter()
+                .map(|r| r.service_port.identifier())
+                .collect();
+            print!(
+                "{}",
+                plan::describe(
+                    &intercept,
+                    r_kind(&resolved[0]),
+                    &ids,
+                    "ACTIVE",
+                    &self.install_id
+                )
+            );
+        }
+        self.active.insert(
+            intercept.name.clone(),
+            Active {
+                intercept,
+                link: id.clone(),
+                resolved,
+            },
+        );
+        Ok(())
+    }
+
+    /// The `to_pod` listeners of every link: the union of its intercepts'.
+    async fn sync_to_pod(&mut self) -> Result<(), UpError> {
+        for (id, link) in self.links.iter_mut() {
+            let mut ports: Vec<u16> = self
+                .active
+                .values()
+                .filter(|a| &a.link == id)
+                .flat_map(|a| a.intercept.to_pod.iter().copied())
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            link.set_to_pod(&ports).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends one intercept (its agent stays installed).
+    pub async fn end(&mut self, name: &str) -> Result<(), UpError> {
+        let Some(a) = self.active.remove(name) else {
+            return Err(UpError::UnknownIntercept {
+                name: name.into(),
+                known: self.active.keys().cloned().collect(),
+            });
+        };
+        if let Some(link) = self.links.get_mut(&a.link) {
+            for index in 0..a.intercept.ports.len() {
+                link.remove(&plan::agent_name(&a.intercept, index)).await?;
+            }
+        }
+        let used = self.active.values().any(|x| x.link == a.link);
+        if !used && let Some(link) = self.links.remove(&a.link) {
+            link.close().await;
+        }
+        self.sync_to_pod().await?;
+        self.write_state();
+        Ok(())
+    }
+
+    /// `tpr leave NAME`: ends the intercept until the next `tpr up`.
+    pub async fn leave(&mut self, name: &str) -> Result<(), UpError> {
+        self.end(name).await?;
+        println!("ended intercept {name}");
+        Ok(())
+    }
+
+    /// The imported environment of an intercept (unfiltered).
+    pub fn env_of(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        let a = self.active.get(name)?;
+        self.links.get(&a.link).map(|l| &l.env)
+    }
+
+    /// Every active intercept's environment, by intercept name.
+    pub fn envs(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.active
+            .keys()
+            .filter_map(|n| Some((n.clone(), self.env_of(n)?.clone())))
+            .collect()
+    }
+
+    /// Writes each intercept's env file (mode 0600) when its content changed.
+    fn write_env_files(&self) -> Result<(), UpError> {
+        for a in self.active.values() {
+            let Some(env) = self.env_of(&a.intercept.name) else {
+                continue;
+            };
+            super::env_export::export(&a.intercept, env)?;
+        }
+        Ok(())
+    }
+
+    /// The state other tpr commands read.
+    pub fn state(&self) -> State {
+        let intercepts = self
+            .active
+            .values()
+            .map(|a| {
+                let link = self.links.get(&a.link);
+                InterceptState {
+                    name: a.intercept.name.clone(),
+                    workload: a.resolved[0].workload.display(),
+                    namespace: a.resolved[0]
+                        .workload
+                        .metadata()
+                        .namespace
+                        .clone()
+                        .unwrap_or_default(),
+                    pod: link.map(|l| l.pod.name.clone()),
+                    state: match link {
+                        Some(l) if l.connected() => "ACTIVE".into(),
+                        _ => "RECONNECTING".into(),
+                    },
+                    ports: a
+                        .intercept
+                        .ports
+                        .iter()
+                        .zip(&a.resolved)
+                        .map(|(p, r)| {
+                            format!("127.0.0.1:{} <- {}", p.local, r.service_port.identifier())
+                        })
+                        .collect(),
+                    mechanism: match a.intercept.mechanism {
+                        tpr_schema::Mechanism::Tcp => "tcp".into(),
+                        tpr_schema::Mechanism::Http(_) => "http".into(),
+                    },
+                }
+            })
+            .collect();
+        State {
+            pid: std::process::id(),
+            project: super::state::project_key(&self.project_file),
+            context: self.cluster.context().to_owned(),
+            cluster_url: self.cluster.url().to_owned(),
+            install_id: self.install_id.clone(),
+            intercepts,
+        }
+    }
+
+    fn write_state(&self) {
+        if let Err(e) = self.paths.write(&self.state()) {
+            eprintln!("tpr: {e}");
+        }
+    }
+
+    /// Notices lost sessions and tries to restore them. Returns true when
+    /// the environment may have changed (a restored session).
+    pub async fn check_links(&mut self) -> bool {
+        let mut restored = false;
+        let mut changed = false;
+        for link in self.links.values_mut() {
+            if let Some(reason) = link.take_lost() {
+                eprintln!(
+                    "tpr: lost connection to agent in pod {} ({reason}); reconnecting",
+                    link.pod.name
+                );
+                changed = true;
+            }
+            if link.connected() {
+                continue;
+            }
+            match link.try_reconnect(&self.cluster).await {
+                None => {}
+                Some(Ok(())) => {
+                    eprintln!(
+                        "tpr: restored {} intercept(s) of {} through pod {}",
+                        link.intercepts.len(),
+                        link.workload.display(),
+                        link.pod.name
+                    );
+                    restored = true;
+                    changed = true;
+                }
+                Some(Err(e)) => {
+                    let since = link.lost_since.map(|t| t.elapsed().as_secs()).unwrap_or(0);
+                    if since % 5 == 0 {
+                        match e {
+                            UpError::K8s(k8s::K8sError::NoAgentPod { .. }) => eprintln!(
+                                "tpr: waiting for a ready agent pod of {} ({since} s)",
+                                link.workload.display()
+                            ),
+                            e => eprintln!("tpr: still reconnecting ({since} s): {e}"),
+                        }
+                    }
+                }
+            }
+        }
+        if changed {
+            self.write_state();
+        }
+        if restored && let Err(e) = self.write_env_files() {
+            eprintln!("tpr: {e}");
+        }
+        restored
+    }
+
+    /// Ends every session and removes the state.
+    pub async fn shutdown(&mut self) {
+        self.active.clear();
+        for (_, link) in std::mem::take(&mut self.links) {
+            link.close().await;
+        }
+        self.paths.remove();
+    }
+}
+
+fn r_kind(r: &Resolved) -> &'static str {
+    r.workload.kind().kind()
+}

@@ -1,0 +1,225 @@
+//! From the project file to what the cluster side needs: intercept targets,
+//! the agent's settings, the intercepts to register, and the block printed
+//! for each intercept. Pure, so it is unit-tested.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use tpr_schema::{INTERCEPT_ID_HEADER, Intercept, Mechanism as FileMechanism, PortId, Project};
+
+use crate::k8s::{self, AgentSpec, InterceptTarget, Resolved};
+use crate::tunnel::{HeaderMatch, InterceptSpec, Mechanism};
+
+/// The target of one port of an intercept.
+pub fn target(intercept: &Intercept, namespace: &str, port: Option<&PortId>) -> InterceptTarget {
+    InterceptTarget {
+        workload: intercept.workload.clone(),
+        kind: intercept
+            .kind
+            .and_then(|k| k.to_string().parse::<k8s::WorkloadKind>().ok()),
+        namespace: namespace.to_owned(),
+        service: intercept.service.clone(),
+        port: port.map(|p| match p {
+            PortId::Name(n) => k8s::PortId::Name(n.clone()),
+            PortId::Number(n) => k8s::PortId::Number(*n),
+        }),
+    }
+}
+
+/// The namespace of an intercept: its own, the file's, else the context's.
+pub fn namespace_of(project: &Project, intercept: &Intercept, context_default: &str) -> String {
+    intercept
+        .namespace
+        .clone()
+        .or_else(|| project.cluster.namespace.clone())
+        .unwrap_or_else(|| context_default.to_owned())
+}
+
+/// The agent container's settings from the file's `[agent]` table.
+pub fn agent_spec(project: &Project) -> AgentSpec {
+    let a = &project.agent;
+    let quantities = |q: &tpr_schema::Quantities| {
+        let mut m = BTreeMap::new();
+        if let Some(cpu) = &q.cpu {
+            m.insert("cpu".to_owned(), Quantity(cpu.clone()));
+        }
+        if let Some(mem) = &q.memory {
+            m.insert("memory".to_owned(), Quantity(mem.clone()));
+        }
+        (!m.is_empty()).then_some(m)
+    };
+    let requests = quantities(&a.resources.requests);
+    let limits = quantities(&a.resources.limits);
+    let resources = (requests.is_some() || limits.is_some()).then(|| ResourceRequirements {
+        requests,
+        limits,
+        ..Default::default()
+    });
+    AgentSpec {
+        image: a.image.clone(),
+        pull_policy: a.pull_policy.to_string(),
+        grpc_port: a.port,
+        resources,
+    }
+}
+
+/// The name the agent knows one port of an intercept by: the intercept's
+/// name, with the port identifier when it has several ports.
+pub fn agent_name(intercept: &Intercept, index: usize) -> String {
+    if intercept.ports.len() == 1 {
+        intercept.name.clone()
+    } else {
+        let id = intercept.ports[index]
+            .service_port
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| index.to_string());
+        format!("{}/{id}", intercept.name)
+    }
+}
+
+/// The header conditions of an http intercept: the id header (exact
+/// `<install id>:<name>`) when asked for, plus the file's regexes.
+pub fn header_matches(intercept: &Intercept, install_id: &str) -> Vec<HeaderMatch> {
+    let FileMechanism::Http(http) = &intercept.mechanism else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if http.id_header {
+        out.push(HeaderMatch::Exact {
+            name: INTERCEPT_ID_HEADER.to_owned(),
+            value: intercept.id_header_value(install_id),
+        });
+    }
+    out.extend(http.headers.iter().map(|h| HeaderMatch::Regex {
+        name: h.name.clone(),
+        pattern: h.regex.clone(),
+    }));
+    out
+}
+
+/// The intercept to register for port `index` of `intercept`.
+pub fn intercept_spec(
+    intercept: &Intercept,
+    index: usize,
+    resolved: &Resolved,
+    install_id: &str,
+) -> InterceptSpec {
+    let mechanism = match &intercept.mechanism {
+        FileMechanism::Tcp => Mechanism::Tcp,
+        FileMechanism::Http(http) => Mechanism::Http {
+            headers: header_matches(intercept, install_id),
+            path_prefix: http.path_prefix.clone(),
+        },
+    };
+    InterceptSpec {
+        name: agent_name(intercept, index),
+        app_port: resolved.container_port,
+        mechanism,
+        target: SocketAddr::from((Ipv4Addr::LOCALHOST, intercept.ports[index].local)),
+    }
+}
+
+/// What is intercepted, as Telepresence words it.
+pub fn intercepting(intercept: &Intercept, install_id: &str) -> String {
+    let FileMechanism::Http(http) = &intercept.mechanism else {
+        return "all TCP connections".to_owned();
+    };
+    let mut out = "HTTP requests that match all of:".to_owned();
+    for m in header_matches(intercept, install_id) {
+        let (name, pattern) = match m {
+            // `-` needs no escape outside a class: keep ids readable.
+            HeaderMatch::Exact { name, value } => (name, regex::escape(&value).replace("\\-", "-")),
+            HeaderMatch::Regex { name, pattern } => (name, pattern),
+        };
+        let _ = write!(out, "\n      header(\"{name}\") ~= regexp(\"{pattern}\")");
+    }
+    if let Some(prefix) = &http.path_prefix {
+        let _ = write!(out, "\n      path starts with \"{prefix}\"");
+    }
+    out
+}
+
+/// The block printed for an intercept once it is active.
+pub fn describe(
+    intercept: &Intercept,
+    kind: &str,
+    port_ids: &[String],
+    state: &str,
+    install_id: &str,
+) -> String {
+    let destinations: Vec<String> = intercept
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{}", p.local))
+        .collect();
+    format!(
+        "intercepted\n    Intercept name         : {}\n    State                  : {state}\n    Workload kind          : {kind}\n    Destination            : {}\n    Service Port Identifier: {}\n    Intercepting           : {}\n",
+        intercept.name,
+        destinations.join(", "),
+        port_ids.join(", "),
+        intercepting(intercept, install_id),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn project(text: &str) -> Project {
+        let team = tpr_schema::SourceFile::new("telepresence.toml".to_string(), text.to_string());
+        tpr_schema::parse(&team, None, Path::new("/p")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn tcp_block_reads_like_telepresence() {
+        let p = project(
+            "format_version = 1\n[[intercept]]\nworkload = \"hello\"\nport = \"8080:http\"\n",
+        );
+        let i = &p.intercepts[0];
+        let text = describe(i, "Deployment", &["http".into()], "ACTIVE", "id");
+        assert_eq!(
+            text,
+            "intercepted\n    Intercept name         : hello\n    State                  : ACTIVE\n    Workload kind          : Deployment\n    Destination            : 127.0.0.1:8080\n    Service Port Identifier: http\n    Intercepting           : all TCP connections\n"
+        );
+    }
+
+    #[test]
+    fn http_default_match_is_the_id_header() {
+        let p = project(
+            "format_version = 1\n[[intercept]]\nworkload = \"hello\"\nport = \"8080\"\nmechanism = \"http\"\n",
+        );
+        let i = &p.intercepts[0];
+        let m = header_matches(i, "abc");
+        assert!(
+            matches!(&m[..], [HeaderMatch::Exact { name, value }] if name == INTERCEPT_ID_HEADER && value == "abc:hello"),
+            "{m:?}"
+        );
+        assert!(
+            intercepting(i, "abc")
+                .ends_with("header(\"x-telepresence-intercept-id\") ~= regexp(\"abc:hello\")"),
+            "{}",
+            intercepting(i, "abc")
+        );
+    }
+
+    #[test]
+    fn file_headers_replace_the_default_and_namespaces_fall_back() {
+        let p = project(
+            "format_version = 1\n[cluster]\nnamespace = \"shop\"\n[[intercept]]\nworkload = \"a\"\nport = [\"1:x\", \"2:y\"]\nmechanism = \"http\"\nhttp.headers = { \"x-dev\" = \"al.*\" }\n",
+        );
+        let i = &p.intercepts[0];
+        let m = header_matches(i, "id");
+        assert!(
+            matches!(&m[..], [HeaderMatch::Regex { name, pattern }] if name == "x-dev" && pattern == "al.*"),
+            "{m:?}"
+        );
+        assert_eq!(agent_name(i, 1), format!("{}/y", i.name));
+        assert_eq!(namespace_of(&p, i, "default"), "shop");
+    }
+}

@@ -1,0 +1,246 @@
+//! `tpr up` from start to end: set up the intercepts, run the processes
+//! until Ctrl-C, `tpr down` or (with `--once`) their exit, reconcile file
+//! edits and lost sessions on the way, then end the sessions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tpr_schema::{LOCAL_FILE, Project};
+
+use crate::k8s::{Cluster, ClusterOptions};
+use crate::session_loop::{self, SessionHandle, SessionOptions};
+
+use super::control::{self, Incoming, Request};
+use super::state::{StatePaths, pid_alive};
+use super::{Manager, UpError, processes};
+
+/// How `tpr up` runs.
+pub struct UpOptions {
+    /// The project file.
+    pub file: PathBuf,
+    /// End when a process exits, with its status.
+    pub once: bool,
+}
+
+/// Connects to the cluster of `project` (its context; KUBECONFIG honoured).
+pub async fn connect(project: &Project) -> Result<Cluster, UpError> {
+    let cluster = Cluster::connect(&ClusterOptions {
+        context: project.cluster.context.clone(),
+        ..Default::default()
+    })
+    .await?;
+    cluster.check().await?;
+    Ok(cluster)
+}
+
+/// Refuses a second `tpr up` for the project; tells about a crashed one.
+fn check_not_running(paths: &StatePaths, file: &Path) -> Result<(), UpError> {
+    let Some(state) = paths.read() else {
+        return Ok(());
+    };
+    if pid_alive(state.pid) && state.pid != std::process::id() {
+        return Err(UpError::AlreadyRunning {
+            pid: state.pid,
+            project: file.display().to_string(),
+        });
+    }
+    eprintln!(
+        "tpr: the previous tpr up (pid {}) ended without cleaning up; its intercepts ended with its session",
+        state.pid
+    );
+    paths.remove();
+    Ok(())
+}
+
+enum ToManager {
+    Reload(Box<Project>),
+    Control(Incoming),
+}
+
+/// Runs `tpr up`; returns the exit code.
+pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
+    let paths = StatePaths::for_project(&options.file)?;
+    check_not_running(&paths, &options.file)?;
+    let cluster = connect(&project).await?;
+    let install_id = super::install_id::install_id()?;
+    let mut manager = Manager::new(cluster, install_id, paths.clone(), options.file.clone());
+    if let Err(e) = manager.apply(&project).await {
+        manager.shutdown().await;
+        return Err(e);
+    }
+    let envs = Arc::new(Mutex::new(manager.envs()));
+    let specs = match processes::specs(&project, &manager.envs()) {
+        Ok(s) => s,
+        Err(e) => {
+            manager.shutdown().await;
+            return Err(e);
+        }
+    };
+    let once = options.once || processes::stops_on_exit(&project);
+    if project.processes.is_empty() {
+        if once {
+            manager.shutdown().await;
+            return Ok(0);
+        }
+        println!("no [[process]] in the file: intercepts stay until Ctrl-C or `tpr down`");
+    }
+
+    let (tx, rx) = mpsc::channel::<ToManager>(16);
+    let (control_tx, mut control_rx) = mpsc::channel::<Incoming>(16);
+    if let Err(e) = control::serve(&paths.socket, control_tx) {
+        manager.shutdown().await;
+        return Err(e);
+    }
+    let forward = tx.clone();
+    tokio::spawn(async move {
+        while let Some(req) = control_rx.recv().await {
+            if forward.send(ToManager::Control(req)).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let (handle, control) = session_loop::control_channel();
+    let mut session_options = SessionOptions::new()?;
+    session_options.once = once;
+    session_options.control = Some(control);
+    session_options.project_files = vec![
+        options.file.clone(),
+        options
+            .file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join(LOCAL_FILE),
+    ];
+    session_options.ignored_files = project
+        .intercepts
+        .iter()
+        .filter_map(|i| i.env.file.clone())
+        .collect();
+
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let manager_task = tokio::spawn(manage(
+        manager,
+        project.clone(),
+        rx,
+        stopped,
+        handle.clone(),
+        envs.clone(),
+    ));
+    let file = options.file.clone();
+    let reload_envs = envs.clone();
+    let reload = move || {
+        let project = tpr_schema::load(&file).map_err(render_load_error)?;
+        let specs = processes::specs(
+            &project,
+            &reload_envs.lock().unwrap_or_else(|e| e.into_inner()),
+        )
+        .map_err(|e| e.to_string())?;
+        let _ = tx.try_send(ToManager::Reload(Box::new(project)));
+        Ok(specs)
+    };
+    let outcome = session_loop::run_session(specs, reload, session_options, |event| {
+        eprintln!("tpr: {event}")
+    })
+    .await;
+    drop(handle);
+    let _ = stop.send(());
+    let _ = manager_task.await;
+    Ok(outcome?.exit_code())
+}
+
+fn render_load_error(e: tpr_schema::LoadError) -> String {
+    crate::report::render(&miette::Report::new(e))
+}
+
+/// The manager's loop: file reloads, control requests, lost sessions.
+async fn manage(
+    mut manager: Manager,
+    initial: Project,
+    mut rx: mpsc::Receiver<ToManager>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    handle: SessionHandle,
+    envs: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut project = Some(initial);
+    let publish = |manager: &Manager, project: &Option<Project>| {
+        let now = manager.envs();
+        let mut shared = envs.lock().unwrap_or_else(|e| e.into_inner());
+        if *shared != now {
+            *shared = now;
+            if let Some(p) = project
+                && let Ok(specs) = processes::specs(p, &shared)
+            {
+                handle.update(specs);
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            msg = rx.recv() => match msg {
+                None => break,
+                Some(ToManager::Reload(p)) => {
+                    match manager.apply(&p).await {
+                        Ok(changed) => {
+                            if changed {
+                                eprintln!("tpr: intercepts reconciled with the project file");
+                            }
+                            project = Some(*p);
+                            publish(&manager, &project);
+                        }
+                        Err(e) => eprintln!("tpr: the project file change was not applied to the cluster: {e}"),
+                    }
+                }
+                Some(ToManager::Control((req, reply))) => {
+                    let answer = match req {
+                        Request::Status => Ok(serde_json::to_string(&manager.state()).expect("state serializes")),
+                        Request::Leave(name) => match manager.leave(&name).await {
+                            Ok(()) => Ok(format!("ended intercept {name}")),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        Request::Down => {
+                            handle.shutdown(true);
+                            Ok("stopping".into())
+                        }
+                    };
+                    let _ = reply.send(answer);
+                }
+            },
+            _ = tick.tick() => {
+                if manager.check_links().await {
+                    publish(&manager, &project);
+                }
+            }
+        }
+    }
+    manager.shutdown().await;
+}
+
+/// The agent's Health answer: its sessions and active intercepts (with
+/// their holders).
+pub async fn agent_health(
+    cluster: &Cluster,
+    pod: &crate::k8s::AgentPod,
+) -> Result<tpr_schema::proto::HealthResponse, UpError> {
+    let channel = super::link::channel(cluster, pod).await?;
+    let health = tpr_schema::proto::agent_client::AgentClient::new(channel)
+        .health(tpr_schema::proto::HealthRequest {})
+        .await
+        .map_err(|status| {
+            UpError::agent(
+                pod,
+                crate::tunnel::TunnelError::Call {
+                    call: "Health",
+                    status,
+                },
+            )
+        })?;
+    Ok(health.into_inner())
+}

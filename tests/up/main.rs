@@ -1,0 +1,362 @@
+//! `tpr up` and its sibling commands on the real test cluster: each case
+//! deploys real workloads in its own namespace, runs the real `tpr`, sends
+//! real requests from a client pod and checks where they arrive.
+
+mod env;
+mod errors;
+mod lifecycle;
+mod rbac;
+mod support;
+mod variants;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use support::{ClientPod, ProjectDir, deploy_hello, free_port, local_hello, local_hello_as};
+use tpr_e2e::{Cluster, Result};
+
+const ACTIVE: &str = "State                  : ACTIVE";
+const UP: Duration = Duration::from_secs(150);
+
+async fn cluster() -> Cluster {
+    Cluster::connect().await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `body` in a fresh namespace, deletes it whatever the outcome
+/// (error or panic).
+macro_rules! in_namespace {
+    ($prefix:expr, $body:expr) => {{
+        let c = cluster().await;
+        let ns = c.namespace($prefix).await.unwrap_or_else(|e| panic!("{e}"));
+        // A failed assertion panics: the namespace goes anyway.
+        let result =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe($body(&c, &ns))).await;
+        let _ = c.delete_namespace(&ns).await;
+        match result {
+            Ok(r) => r.unwrap_or_else(|e| panic!("{e}")),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }};
+}
+
+fn hello_project(ns: &str, port: u16, extra: &str) -> String {
+    format!(
+        "format_version = 1\n[cluster]\nnamespace = \"{ns}\"\n[[intercept]]\nworkload = \"hello\"\nport = \"{port}:http\"\n{extra}\n{}",
+        local_hello(port, "hello")
+    )
+}
+
+pub(crate) fn text(out: &std::process::Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn tcp_deployment(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let client = ClientPod::start(c, ns).await?;
+    let url = format!("http://hello.{ns}/");
+    assert!(client.get(&url, &[]).await.contains("hello from hello-"));
+
+    let port = free_port();
+    let project = ProjectDir::new(&hello_project(ns, port, "env.file = \".env.hello\""));
+    let mut up = project.up(&[]);
+    up.wait_for(ACTIVE, UP).await;
+    let out = up.stdout();
+    for line in [
+        "Using Deployment hello",
+        "    Intercept name         : hello",
+        "    Workload kind          : Deployment",
+        &format!("    Destination            : 127.0.0.1:{port}"),
+        "    Service Port Identifier: http",
+        "    Intercepting           : all TCP connections",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+    let (body, _) = client
+        .get_until(&url, &[], "hello from local", Duration::from_secs(20))
+        .await;
+    assert!(body.contains("hello from local"), "{body}\n{}", up.stderr());
+
+    // The pod's env reached the local process and the env file (0600).
+    let env = client
+        .get(&format!("http://hello.{ns}/env?name=HELLO_ENV"), &[])
+        .await;
+    let v: serde_json::Value = serde_json::from_str(env.trim()).unwrap_or_default();
+    assert_eq!(v["value"], "cluster", "{env}");
+    let file = project.path().join(".env.hello");
+    let content = std::fs::read_to_string(&file).expect("env file");
+    assert!(content.contains("HELLO_ENV='cluster'"), "{content}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !up.stderr().contains("cluster'") && !up.stdout().contains("'cluster'"),
+        "env values must not be logged"
+    );
+
+    // status sees it; list says it is intercepted here.
+    let status = project.tpr(&["status", "--output", "json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(v["intercepts"][0]["name"], "hello", "{v}");
+    assert_eq!(v["intercepts"][0]["state"], "ACTIVE", "{v}");
+    assert_eq!(v["install_id"], project.install_id.as_str(), "{v}");
+    let list = project.tpr(&["list"]);
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed.contains("agent installed") && listed.contains("intercepted here (hello)"),
+        "{}",
+        text(&list)
+    );
+    // The agent itself says who holds the intercept.
+    assert!(
+        listed.contains("intercepted: hello by ")
+            && listed.contains(&format!("(install id {})", project.install_id)),
+        "{}",
+        text(&list)
+    );
+
+    // down: tpr up stops, the app answers again.
+    let down = project.tpr(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert_eq!(
+        up.wait_exit(Duration::from_secs(20)).await,
+        Some(0),
+        "{}",
+        up.stderr()
+    );
+    let (body, _) = client
+        .get_until(&url, &[], "hello from hello-", Duration::from_secs(10))
+        .await;
+    assert!(body.contains("hello from hello-"), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn tcp_intercept_of_a_deployment_with_a_named_port() {
+    in_namespace!("up-tcp", tcp_deployment);
+}
+
+fn http_project(ns: &str, port: u16, who: &str) -> String {
+    format!(
+        "format_version = 1\n[cluster]\nnamespace = \"{ns}\"\n[[intercept]]\nworkload = \"hello\"\nport = \"{port}:http\"\nmechanism = \"http\"\n{}",
+        local_hello_as(port, "hello", who)
+    )
+}
+
+async fn http_personal(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let client = ClientPod::start(c, ns).await?;
+    let url = format!("http://hello.{ns}/");
+    let alice = ProjectDir::new(&http_project(ns, free_port(), "alice"));
+    let bob = ProjectDir::new(&http_project(ns, free_port(), "bob"));
+    let mut up_a = alice.up(&[]);
+    up_a.wait_for(ACTIVE, UP).await;
+    let mut up_b = bob.up(&[]);
+    up_b.wait_for(ACTIVE, UP).await;
+    let header = |p: &ProjectDir| format!("x-telepresence-intercept-id:{}:hello", p.install_id);
+    assert!(
+        up_a.stdout().contains(&format!(
+            "HTTP requests that match all of:\n      header(\"x-telepresence-intercept-id\") ~= regexp(\"{}:hello\")",
+            alice.install_id
+        )),
+        "{}",
+        up_a.stdout()
+    );
+    let (a, _) = client
+        .get_until(
+            &url,
+            &[&header(&alice)],
+            "hello from alice",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(a.contains("hello from alice"), "{a}\n{}", up_a.stderr());
+    let (b, _) = client
+        .get_until(
+            &url,
+            &[&header(&bob)],
+            "hello from bob",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(b.contains("hello from bob"), "{b}\n{}", up_b.stderr());
+    // Unmatched traffic is the app's.
+    for _ in 0..3 {
+        let plain = client.get(&url, &[]).await;
+        assert!(plain.contains("hello from hello-"), "{plain}");
+    }
+    // A tcp intercept would take Alice's and Bob's requests: refused, naming a holder.
+    let carol = ProjectDir::new(&bare_project(
+        ns,
+        "hello",
+        &format!("{}:http", free_port()),
+        "",
+    ));
+    let out = carol.tpr(&["up", "--once"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("refused") && all.contains("install id"),
+        "{all}"
+    );
+    // Alice leaves: her requests go to the app, Bob keeps his.
+    let leave = alice.tpr(&["leave", "hello"]);
+    assert!(leave.status.success(), "{}", text(&leave));
+    let (a, _) = client
+        .get_until(
+            &url,
+            &[&header(&alice)],
+            "hello from hello-",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(a.contains("hello from hello-"), "{a}");
+    assert!(
+        client
+            .get(&url, &[&header(&bob)])
+            .await
+            .contains("hello from bob")
+    );
+    drop(up_a);
+    drop(up_b);
+    Ok(())
+}
+
+#[tokio::test]
+async fn http_personal_intercepts_leave_other_traffic_to_the_app() {
+    in_namespace!("up-http", http_personal);
+}
+
+async fn sigkill(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let client = ClientPod::start(c, ns).await?;
+    let url = format!("http://hello.{ns}/");
+    let project = ProjectDir::new(&hello_project(ns, free_port(), ""));
+    let mut up = project.up(&[]);
+    up.wait_for(ACTIVE, UP).await;
+    let (body, _) = client
+        .get_until(&url, &[], "hello from local", Duration::from_secs(20))
+        .await;
+    assert!(body.contains("hello from local"), "{body}");
+    up.kill9();
+    let (body, took) = client
+        .get_until(&url, &[], "hello from hello-", Duration::from_secs(10))
+        .await;
+    assert!(body.contains("hello from hello-"), "{body}");
+    assert!(
+        took <= Duration::from_secs(3),
+        "traffic came back after {took:?}"
+    );
+    // down after the crash cleans the state and confirms with the agent.
+    let down = project.tpr(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("ended intercept hello"),
+        "{}",
+        text(&down)
+    );
+    // A new tpr up starts cleanly (the agent is already installed).
+    let mut again = project.up(&[]);
+    again.wait_for(ACTIVE, UP).await;
+    assert!(
+        !again.stderr().contains("installed the traffic agent"),
+        "{}",
+        again.stderr()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigkilled_up_gives_traffic_back_within_3_seconds() {
+    in_namespace!("up-kill", sigkill);
+}
+
+pub(crate) async fn template_json(c: &Cluster, ns: &str, name: &str) -> Result<serde_json::Value> {
+    let api = kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(c.client.clone(), ns);
+    let d = api.get(name).await?;
+    Ok(serde_json::to_value(d.spec.expect("spec").template).expect("json"))
+}
+
+async fn uninstall(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let original = template_json(c, ns, "hello").await?;
+    let project = ProjectDir::new(&bare_project(
+        ns,
+        "hello",
+        &format!("{}:http", free_port()),
+        "",
+    ));
+    let once = project.tpr(&["up", "--once"]);
+    assert!(once.status.success(), "{}", text(&once));
+    let installed = template_json(c, ns, "hello").await?;
+    assert_ne!(installed, original, "the agent was not installed");
+    // --once: tpr up ends with the process's status, the env in place.
+    let once = ProjectDir::new(&format!(
+        "{}[[process]]\ncommand = [\"sh\", \"-c\", \"test \\\"$HELLO_ENV\\\" = cluster && exit 7\"]\nwatch = [\"src\"]\n",
+        bare_project(ns, "hello", &format!("{}:http", free_port()), "")
+    ));
+    let out = once.tpr(&["up", "--once"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(ACTIVE),
+        "{}",
+        text(&out)
+    );
+    let out = project.tpr(&["uninstall", "hello"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(template_json(c, ns, "hello").await?, original);
+    let again = project.tpr(&["uninstall", "hello"]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("not installed"),
+        "{}",
+        text(&again)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn uninstall_restores_the_template_exactly() {
+    in_namespace!("up-uninst", uninstall);
+}
+
+/// A project with one intercept and no process (`tpr up --once` then ends
+/// right after the intercept is made).
+pub(crate) fn bare_project(ns: &str, workload: &str, port: &str, extra: &str) -> String {
+    format!(
+        "format_version = 1\n[cluster]\nnamespace = \"{ns}\"\n[[intercept]]\nworkload = \"{workload}\"\nport = \"{port}\"\n{extra}\n"
+    )
+}
+
+#[tokio::test]
+async fn errors_name_the_problem_and_change_nothing() {
+    in_namespace!("up-err", (errors::errors));
+}
+
+#[tokio::test]
+async fn numeric_headless_statefulset_ondelete_bare_replicaset_two_ports_two_services_sidecar() {
+    in_namespace!("up-shapes", (variants::shapes));
+}
+
+#[tokio::test]
+async fn env_from_env_configmap_secret_and_downward_api() {
+    in_namespace!("up-env", (env::env));
+}
+
+#[tokio::test]
+async fn a_file_edit_ends_only_the_intercept_that_left() {
+    in_namespace!("up-reconcile", (lifecycle::reconcile));
+}
+
+#[tokio::test]
+async fn a_restarted_agent_pod_is_reconnected_and_the_intercept_restored() {
+    in_namespace!("up-reconnect", (lifecycle::reconnect));
+}
+
+#[tokio::test]
+async fn forbidden_requests_name_the_missing_right_and_change_nothing() {
+    in_namespace!("up-rbac", (rbac::forbidden));
+}
