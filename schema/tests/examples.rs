@@ -192,9 +192,27 @@ fn the_readme_examples_validate() {
         .skip(1)
         .map(|b| b.split("```").next().unwrap())
         .collect();
-    assert_eq!(blocks.len(), 2, "README: a team file and a local file");
-    let team = SourceFile::new(TEAM_FILE, blocks[0]);
-    let local = SourceFile::new(LOCAL_FILE, blocks[1]);
+    // The team file is the block with `format_version`, the personal one
+    // starts with its own name; any other block is a fragment that must be
+    // valid as a personal override of the team file.
+    let team_block = *blocks
+        .iter()
+        .find(|b| b.contains("format_version"))
+        .expect("README: a team file block with format_version");
+    let local_block = *blocks
+        .iter()
+        .find(|b| b.starts_with("# telepresence.local.toml"))
+        .expect("README: a block starting `# telepresence.local.toml`");
+    let team = SourceFile::new(TEAM_FILE, team_block);
+    let local = SourceFile::new(LOCAL_FILE, local_block);
+    for fragment in blocks
+        .iter()
+        .filter(|b| **b != team_block && **b != local_block)
+    {
+        let over = SourceFile::new(LOCAL_FILE, *fragment);
+        parse(&team, Some(&over), Path::new("/p"))
+            .unwrap_or_else(|e| panic!("README fragment {fragment:?}: {e:?}"));
+    }
     let p = parse(&team, Some(&local), Path::new("/p")).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(p.intercepts[0].ports[0].to_string(), "9090:http");
     assert_eq!(p.processes[0].env_from.as_deref(), Some("orders"));
