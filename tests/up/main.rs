@@ -247,11 +247,18 @@ async fn sigkill(c: &Cluster, ns: &str) -> Result<()> {
         .get_until(&url, &[], "hello from hello-", Duration::from_secs(10))
         .await;
     assert!(body.contains("hello from hello-"), "{body}");
+    eprintln!("traffic back to the app {took:?} after SIGKILL");
     assert!(
         took <= Duration::from_secs(3),
         "traffic came back after {took:?}"
     );
-    // down after the crash cleans the state and confirms with the agent.
+    // status knows tpr up died; down cleans the state and asks the agent.
+    let status = project.tpr(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("ended without cleaning up"),
+        "{}",
+        text(&status)
+    );
     let down = project.tpr(&["down"]);
     assert!(down.status.success(), "{}", text(&down));
     assert!(
