@@ -2,8 +2,6 @@
 //! installer needs: the workload object, the Service and its port, the app
 //! container and port, and whether to swap port names or redirect.
 
-use std::fmt;
-
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
@@ -13,23 +11,8 @@ use super::error::is_not_found;
 use super::template::{PortMode, PortRequest};
 use super::{AGENT_CONTAINER, Cluster, K8sError, Workload, WorkloadKind};
 
-/// A Service port, by name or number.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PortId {
-    /// The port's `name`.
-    Name(String),
-    /// The port's `port` number.
-    Number(u16),
-}
-
-impl fmt::Display for PortId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PortId::Name(n) => f.write_str(n),
-            PortId::Number(n) => write!(f, "{n}"),
-        }
-    }
-}
+/// A Service port, by name or number: the project file's own type.
+pub use tpr_schema::PortId;
 
 /// What one intercept of the project file names.
 #[derive(Debug, Clone, PartialEq, Eq)]

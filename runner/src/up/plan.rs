@@ -22,10 +22,7 @@ pub fn target(intercept: &Intercept, namespace: &str, port: Option<&PortId>) -> 
             .and_then(|k| k.to_string().parse::<k8s::WorkloadKind>().ok()),
         namespace: namespace.to_owned(),
         service: intercept.service.clone(),
-        port: port.map(|p| match p {
-            PortId::Name(n) => k8s::PortId::Name(n.clone()),
-            PortId::Number(n) => k8s::PortId::Number(*n),
-        }),
+        port: port.cloned(),
     }
 }
 

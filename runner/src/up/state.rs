@@ -3,8 +3,6 @@
 //! crash: `$XDG_STATE_HOME/tpr/<project hash>.json` (else
 //! `~/.local/state/tpr/`), and the control socket beside it.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -98,17 +96,8 @@ impl StatePaths {
         };
         let dir = self.file.parent().expect("the state file has a directory");
         std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = self.file.with_extension("json.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(&serde_json::to_vec_pretty(state).expect("state serializes"))
-            .map_err(io)?;
-        std::fs::rename(&tmp, &self.file).map_err(io)
+        let json = serde_json::to_string_pretty(state).expect("state serializes");
+        super::env_export::write_private(&self.file, &json)
     }
 
     /// Removes the state file and the socket (missing is fine).
