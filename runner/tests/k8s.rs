@@ -444,14 +444,7 @@ async fn stuck_rollout_reports_the_pod_reason_and_rolls_back() {
     let c = admin().await;
     let ns = TestNs::new(&c, "stuck").await;
     let n = ns.name.as_str();
-    create(&c, n, deployment("app", 1)).await;
-    create(
-        &c,
-        n,
-        service("app", "app", json!([{"port": 80, "targetPort": "http"}])),
-    )
-    .await;
-    wait_ready(&c, n, "app=app", 1).await;
+    deploy_app(&c, n, json!([{"port": 80, "targetPort": "http"}])).await;
     let before = get_json(&c, n, "apps/v1", "Deployment", "app").await;
 
     let r = k8s::resolve(&c, &target(n, "app", None, None))
@@ -508,14 +501,7 @@ async fn crash_loop_reports_the_exit() {
     let c = admin().await;
     let ns = TestNs::new(&c, "crash").await;
     let n = ns.name.as_str();
-    create(&c, n, deployment("app", 1)).await;
-    create(
-        &c,
-        n,
-        service("app", "app", json!([{"port": 80, "targetPort": "http"}])),
-    )
-    .await;
-    wait_ready(&c, n, "app=app", 1).await;
+    deploy_app(&c, n, json!([{"port": 80, "targetPort": "http"}])).await;
     // The hello image as "agent" serves on 8080 too, which the app holds:
     // it exits at once, again and again.
     let crashing = AgentSpec {
@@ -845,14 +831,7 @@ async fn unschedulable_agent_is_reported() {
     let c = admin().await;
     let ns = TestNs::new(&c, "unsched").await;
     let n = ns.name.as_str();
-    create(&c, n, deployment("app", 1)).await;
-    create(
-        &c,
-        n,
-        service("app", "app", json!([{"port": 80, "targetPort": "http"}])),
-    )
-    .await;
-    wait_ready(&c, n, "app=app", 1).await;
+    deploy_app(&c, n, json!([{"port": 80, "targetPort": "http"}])).await;
     let huge: k8s_openapi::api::core::v1::ResourceRequirements =
         serde_json::from_value(json!({"requests": {"cpu": "1000"}})).unwrap();
     let spec = AgentSpec {
@@ -877,14 +856,7 @@ async fn slow_rollout_times_out_and_rolls_back() {
     let c = admin().await;
     let ns = TestNs::new(&c, "timeout").await;
     let n = ns.name.as_str();
-    create(&c, n, deployment("app", 1)).await;
-    create(
-        &c,
-        n,
-        service("app", "app", json!([{"port": 80, "targetPort": "http"}])),
-    )
-    .await;
-    wait_ready(&c, n, "app=app", 1).await;
+    deploy_app(&c, n, json!([{"port": 80, "targetPort": "http"}])).await;
     let before = get_json(&c, n, "apps/v1", "Deployment", "app").await;
     // No pod starts within 300 ms.
     let hurried = RolloutOptions {

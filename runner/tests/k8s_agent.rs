@@ -94,18 +94,12 @@ async fn deployment_with_named_port_runs_the_agent() {
     let c = admin().await;
     let ns = TestNs::new(&c, "agent-deploy").await;
     let n = ns.name.as_str();
-    create(&c, n, deployment("app", 1)).await;
-    create(
+    deploy_app(
         &c,
         n,
-        service(
-            "app",
-            "app",
-            json!([{"name": "web", "port": 80, "targetPort": "http"}]),
-        ),
+        json!([{"name": "web", "port": 80, "targetPort": "http"}]),
     )
     .await;
-    wait_ready(&c, n, "app=app", 1).await;
     let before = get_json(&c, n, "apps/v1", "Deployment", "app").await;
 
     assert!(install(&c, n, "app").await.changed);

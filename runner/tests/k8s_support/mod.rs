@@ -191,6 +191,14 @@ pub async fn wait_ready(cluster: &Cluster, ns: &str, selector: &str, n: usize) -
     }
 }
 
+/// The common starting point: Deployment `app` (one replica) behind a Service
+/// `app` with these ports, ready.
+pub async fn deploy_app(cluster: &Cluster, ns: &str, service_ports: Value) {
+    create(cluster, ns, deployment("app", 1)).await;
+    create(cluster, ns, service("app", "app", service_ports)).await;
+    wait_ready(cluster, ns, "app=app", 1).await;
+}
+
 /// The pod template of the example app: `hello serve` on 8080 named `http`,
 /// with a readiness probe by port name (rewritten by the port swap).
 pub fn hello_template(app: &str) -> Value {
