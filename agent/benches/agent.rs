@@ -10,6 +10,8 @@
 //!
 //! Run: `bench/agent/run.sh` (or `cargo bench -p tpr-agent --bench agent`).
 //! Prints `name value unit` lines. Sizes via TPR_BENCH_BYTES (default 1 GiB).
+//! `TPR_BENCH_ONLY=direct|passthrough|intercepted` measures only that path's
+//! throughput (median of 5 transfers): a steady load to attach `perf` to.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,6 +35,8 @@ const RPS_DURATION: Duration = Duration::from_secs(3);
 const OPEN_CONNECTIONS: usize = 1_000;
 const IO_BUFFER: usize = 256 << 10;
 const THROUGHPUT_ROUNDS: usize = 3;
+/// Rounds of the one-path mode (TPR_BENCH_ONLY), made for profilers.
+const PROFILE_ROUNDS: usize = 5;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -217,6 +221,10 @@ impl Drop for Agent {
     }
 }
 
+/// This process plays the runner's side of the tunnel: same allocator as `tpr`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -301,6 +309,35 @@ async fn run() {
     let id = "bench:http".to_owned();
     let mine = [("x-telepresence-intercept-id", id.as_str())];
 
+    // The transfer's intercept: every connection to the sink's port goes to
+    // the workstation's sink.
+    let tcp_intercept = InterceptSpec {
+        name: "tcp".into(),
+        app_port: app_sink.port(),
+        mechanism: Mechanism::Tcp,
+        target: ws_sink,
+    };
+    if let Ok(path) = std::env::var("TPR_BENCH_ONLY") {
+        let target = match path.as_str() {
+            "direct" => app_sink,
+            "passthrough" => front_sink,
+            "intercepted" => {
+                session
+                    .create_intercept(tcp_intercept.clone())
+                    .await
+                    .unwrap();
+                front_sink
+            }
+            other => panic!("TPR_BENCH_ONLY={other}: direct, passthrough or intercepted"),
+        };
+        let mut rounds = Vec::new();
+        for _ in 0..PROFILE_ROUNDS {
+            rounds.push(throughput(target, bytes).await);
+        }
+        figure(&format!("throughput_{path}"), median(rounds), "MiB/s");
+        return;
+    }
+
     // Latency.
     let direct = latency(app_http, &[]).await;
     // The http port routes per request now; passthrough is measured on a
@@ -322,12 +359,7 @@ async fn run() {
         t_pass.push(throughput(front_sink, bytes).await);
         cpu_pass += cpu_seconds(pid) - cpu;
         session
-            .create_intercept(InterceptSpec {
-                name: "tcp".into(),
-                app_port: app_sink.port(),
-                mechanism: Mechanism::Tcp,
-                target: ws_sink,
-            })
+            .create_intercept(tcp_intercept.clone())
             .await
             .unwrap();
         let (cpu, own) = (cpu_seconds(pid), cpu_seconds(me));

@@ -2,18 +2,23 @@
 //! workstation, `to_pod` dials, the environment and health.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
 use tonic::{Request, Response, Status, Streaming};
 use tpr_schema::proto::{
     self, Chunk, GetEnvRequest, GetEnvResponse, HealthRequest, HealthResponse, InterceptResult,
-    SessionEvent, SessionRequest, Welcome, agent_server::Agent, pipe, session_event,
-    session_request,
+    SessionEvent, SessionRequest, Welcome,
+    agent_server::{Agent, AgentServer},
+    pipe, session_event, session_request,
 };
 use tracing::{debug, info, warn};
 
@@ -32,15 +37,92 @@ fn event(kind: session_event::Kind) -> SessionEvent {
     SessionEvent { kind: Some(kind) }
 }
 
-fn chunk_stream(rx: mpsc::Receiver<Chunk>) -> ChunkStream {
-    Box::pin(ReceiverStream::new(rx).map(Ok))
-}
-
-fn metadata<'a>(req: &'a Request<Streaming<Chunk>>, key: &str) -> Result<&'a str, Status> {
-    req.metadata()
+fn metadata<'a>(req: &'a http::Request<Body>, key: &str) -> Result<&'a str, Status> {
+    req.headers()
         .get(key)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| Status::invalid_argument(format!("missing request metadata {key}")))
+}
+
+/// The gRPC service: the byte-stream calls (`TakeConnection`, `DialPod`) go
+/// to their zero-copy handlers ([`pipe`]), everything else to the generated
+/// server.
+#[derive(Clone)]
+pub struct Router {
+    service: Arc<AgentService>,
+    generated: AgentServer<AgentService>,
+}
+
+impl Router {
+    pub fn new(service: AgentService) -> Self {
+        let service = Arc::new(service);
+        Router {
+            generated: AgentServer::from_arc(service.clone()),
+            service,
+        }
+    }
+}
+
+type RouterFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+impl Service<http::Request<Body>> for Router {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = RouterFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> RouterFuture {
+        let service = self.service.clone();
+        let answer =
+            |r: Result<http::Response<Body>, Status>| Ok(r.unwrap_or_else(Status::into_http));
+        match req.uri().path() {
+            pipe::TAKE_CONNECTION => Box::pin(async move { answer(service.take_connection(req)) }),
+            pipe::DIAL_POD => Box::pin(async move { answer(service.dial_pod(req).await) }),
+            _ => self.generated.call(req),
+        }
+    }
+}
+
+impl AgentService {
+    /// The runner takes an announced connection: its stream joins the
+    /// connection waiting in the registry.
+    fn take_connection(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+        let conn_id = metadata(&req, proto::CONN_ID_METADATA)?.to_owned();
+        let (tx, body) = pipe::outbound();
+        let inbound = pipe::Inbound::new(req.into_body());
+        if !self.registry.complete(&conn_id, Ok((inbound, tx))) {
+            return Err(Status::not_found(format!(
+                "no pending connection {conn_id}"
+            )));
+        }
+        Ok(pipe::respond(body))
+    }
+
+    /// `to_pod`: dials a port inside the pod and relays it.
+    async fn dial_pod(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+        let port: u16 = metadata(&req, proto::PORT_METADATA)?
+            .parse()
+            .map_err(|_| Status::invalid_argument("tpr-port is not a port"))?;
+        let tcp = TcpStream::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "nothing answers on 127.0.0.1:{port} in the pod: {e}"
+                ))
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let (tx, body) = pipe::outbound();
+        let inbound = pipe::Inbound::new(req.into_body());
+        tokio::spawn(async move {
+            if let Err(e) = pipe::splice(tcp, inbound, tx).await {
+                debug!(port, "to_pod relay ended: {e}");
+            }
+        });
+        Ok(pipe::respond(body))
+    }
 }
 
 #[tonic::async_trait]
@@ -93,43 +175,20 @@ impl Agent for AgentService {
         )))
     }
 
+    // The byte-stream calls are served by [`Router`] without tonic's codec;
+    // these generated entry points are never reached.
     async fn take_connection(
         &self,
-        req: Request<Streaming<Chunk>>,
+        _: Request<Streaming<Chunk>>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let conn_id = metadata(&req, proto::CONN_ID_METADATA)?.to_owned();
-        let (tx, rx) = pipe::outbound();
-        if !self.registry.complete(&conn_id, Ok((req.into_inner(), tx))) {
-            return Err(Status::not_found(format!(
-                "no pending connection {conn_id}"
-            )));
-        }
-        Ok(Response::new(chunk_stream(rx)))
+        Err(Status::internal("TakeConnection is served by the router"))
     }
 
     async fn dial_pod(
         &self,
-        req: Request<Streaming<Chunk>>,
+        _: Request<Streaming<Chunk>>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let port: u16 = metadata(&req, proto::PORT_METADATA)?
-            .parse()
-            .map_err(|_| Status::invalid_argument("tpr-port is not a port"))?;
-        let tcp = TcpStream::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "nothing answers on 127.0.0.1:{port} in the pod: {e}"
-                ))
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let (tx, rx) = pipe::outbound();
-        let inbound = req.into_inner();
-        tokio::spawn(async move {
-            if let Err(e) = pipe::splice(tcp, inbound, tx).await {
-                debug!(port, "to_pod relay ended: {e}");
-            }
-        });
-        Ok(Response::new(chunk_stream(rx)))
+        Err(Status::internal("DialPod is served by the router"))
     }
 
     async fn get_env(&self, _: Request<GetEnvRequest>) -> Result<Response<GetEnvResponse>, Status> {

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tpr_schema::proto::{self, agent_server::AgentServer};
+use tpr_schema::proto;
 use tracing::{error, info};
 
 use crate::config::Config;
@@ -173,7 +173,7 @@ async fn serve(config: Config) -> Result<(), String> {
         .initial_stream_window_size(proto::STREAM_WINDOW)
         .initial_connection_window_size(proto::CONNECTION_WINDOW)
         .max_frame_size(proto::MAX_FRAME)
-        .serve_with_incoming(AgentServer::new(service), incoming);
+        .serve_with_incoming(grpc::Router::new(service), incoming);
     // Stop at once: sessions are long-lived streams, waiting for them to
     // drain would only delay the kubelet.
     tokio::select! {

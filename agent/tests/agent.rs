@@ -432,6 +432,48 @@ async fn to_pod_relays_a_local_port_to_the_pod() {
     assert_eq!(first_line(nothing.local_addr()).await.1, "");
 }
 
+/// The byte-stream calls skip tonic's codec on both ends, yet they are plain
+/// gRPC on the wire: the generated client, with tonic's own encoder and
+/// decoder, speaks to the agent's handler.
+#[tokio::test]
+async fn the_byte_stream_calls_are_plain_grpc_on_the_wire() {
+    use tpr_schema::proto::{Chunk, PORT_METADATA, agent_client::AgentClient};
+
+    let app = tcp_server("app").await;
+    let sidecar = tcp_server("sidecar").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let sent = ["hel", "lo ", "world"].map(|s| Chunk {
+        data: Bytes::from_static(s.as_bytes()),
+    });
+    let mut request = tonic::Request::new(tokio_stream::iter(sent));
+    request
+        .metadata_mut()
+        .insert(PORT_METADATA, sidecar.port().to_string().parse().unwrap());
+    let mut replies = AgentClient::new(agent.channel().await)
+        .dial_pod(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(chunk) = replies.message().await.unwrap() {
+        got.extend_from_slice(&chunk.data);
+    }
+    // The sidecar greets, echoes, and closes at our half-close.
+    assert_eq!(String::from_utf8(got).unwrap(), "sidecar\nhello world");
+
+    // A refusal arrives as a gRPC status.
+    let mut request = tonic::Request::new(tokio_stream::iter(Vec::<Chunk>::new()));
+    request
+        .metadata_mut()
+        .insert(PORT_METADATA, closed_port().to_string().parse().unwrap());
+    let status = AgentClient::new(agent.channel().await)
+        .dial_pod(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("nothing answers"), "{status:?}");
+}
+
 #[tokio::test]
 async fn the_env_report_is_the_apps_environment() {
     let app = tcp_server("app").await;

@@ -2,6 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// glibc's allocator gives freed buffers back to the kernel eagerly; the
+/// tunnel frees a 64 KiB frame buffer per chunk, and page faults refilling
+/// them cost more than the copies. mimalloc keeps them (see bench/agent).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Must come first: tpr re-executes itself as the supervisor shim.
     tpr::supervise::shim_main_if_requested();

@@ -139,8 +139,7 @@ impl Session {
         })))
         .await
         .expect("the receiver is alive");
-        let mut client = AgentClient::new(channel);
-        let mut events = client
+        let mut events = AgentClient::new(channel.clone())
             .session(ReceiverStream::new(rx))
             .await
             .map_err(|status| TunnelError::Call {
@@ -162,7 +161,7 @@ impl Session {
         };
         let shared = Arc::new(Shared::default());
         let (notices_tx, notices) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(client, events, tx.clone(), shared.clone(), notices_tx));
+        let task = tokio::spawn(run(channel, events, tx.clone(), shared.clone(), notices_tx));
         debug!(session = %welcome.session_id, pod = %welcome.pod, "session opened");
         Ok(Session {
             id: welcome.session_id,
@@ -291,7 +290,7 @@ fn wire_match(m: HeaderMatch) -> proto::HeaderMatch {
 }
 
 async fn run(
-    client: AgentClient<Channel>,
+    channel: Channel,
     mut events: tonic::Streaming<SessionEvent>,
     requests: mpsc::Sender<SessionRequest>,
     shared: Arc<Shared>,
@@ -308,7 +307,7 @@ async fn run(
             }
             event = events.message() => match event {
                 Ok(Some(SessionEvent { kind: Some(kind) })) => {
-                    on_event(&client, kind, &requests, &shared, &notices);
+                    on_event(&channel, kind, &requests, &shared, &notices);
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break "the agent closed the session".to_owned(),
@@ -329,7 +328,7 @@ async fn run(
 }
 
 fn on_event(
-    client: &AgentClient<Channel>,
+    channel: &Channel,
     kind: session_event::Kind,
     requests: &mpsc::Sender<SessionRequest>,
     shared: &Arc<Shared>,
@@ -351,7 +350,7 @@ fn on_event(
         }
         session_event::Kind::Connection(announced) => {
             tokio::spawn(take(
-                client.clone(),
+                channel.clone(),
                 announced,
                 requests.clone(),
                 shared.clone(),
@@ -375,7 +374,7 @@ fn on_event(
 /// with a `TakeConnection` stream. A refused dial is reported to the agent
 /// (which answers 502 or closes) and to the user once per outage.
 async fn take(
-    mut client: AgentClient<Channel>,
+    channel: Channel,
     announced: ConnectionAnnounced,
     requests: mpsc::Sender<SessionRequest>,
     shared: Arc<Shared>,
@@ -430,15 +429,10 @@ async fn take(
         });
     }
     let _ = tcp.set_nodelay(true);
-    let (tx, rx) = pipe::outbound();
-    let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    match announced.conn_id.parse() {
-        Ok(id) => req.metadata_mut().insert(proto::CONN_ID_METADATA, id),
-        Err(_) => return,
-    };
-    match client.take_connection(req).await {
-        Ok(resp) => {
-            if let Err(e) = pipe::splice(tcp, resp.into_inner(), tx).await {
+    let stream = (proto::CONN_ID_METADATA, announced.conn_id.as_str());
+    match pipe::call(&channel, pipe::TAKE_CONNECTION, stream).await {
+        Ok((inbound, outbound)) => {
+            if let Err(e) = pipe::splice(tcp, inbound, outbound).await {
                 debug!(intercept = %name, "intercepted connection ended: {e}");
             }
         }

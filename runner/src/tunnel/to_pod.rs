@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tpr_schema::proto::{self, agent_client::AgentClient, pipe};
+use tpr_schema::proto::{self, pipe};
 use tracing::{debug, warn};
 
 use super::TunnelError;
@@ -66,20 +65,16 @@ impl Drop for ToPod {
 }
 
 async fn relay(channel: Channel, tcp: tokio::net::TcpStream, port: u16) -> Result<(), TunnelError> {
-    let (tx, rx) = pipe::outbound();
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        proto::PORT_METADATA,
-        port.to_string().parse().expect("digits are ASCII"),
-    );
-    let inbound = AgentClient::new(channel)
-        .dial_pod(request)
-        .await
-        .map_err(|status| TunnelError::Call {
-            call: "DialPod",
-            status,
-        })?
-        .into_inner();
+    let (inbound, tx) = pipe::call(
+        &channel,
+        pipe::DIAL_POD,
+        (proto::PORT_METADATA, &port.to_string()),
+    )
+    .await
+    .map_err(|status| TunnelError::Call {
+        call: "DialPod",
+        status,
+    })?;
     pipe::splice(tcp, inbound, tx)
         .await
         .map_err(|source| TunnelError::Io {

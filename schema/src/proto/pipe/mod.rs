@@ -1,0 +1,279 @@
+//! A byte stream carried by a bidirectional gRPC stream of [`Chunk`]s
+//! (`TakeConnection`, `DialPod`): the end of either stream is a half-close of
+//! that direction. Both the agent and the runner use it, for intercepted
+//! connections and `to_pod`.
+//!
+//! These two calls bypass tonic's codec: payloads travel as slices of the
+//! socket reads and of the received HTTP/2 frames ([`wire`]), which is what
+//! keeps the intercepted path's cost close to the sockets' own. The other
+//! calls of the service stay generated code.
+//!
+//! [`Chunk`]: super::Chunk
+
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body as _, Frame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::PollSender;
+use tonic::body::Body;
+use tonic::codegen::Service;
+use tonic::codegen::http::{self, HeaderMap, HeaderValue};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::CHUNK_SIZE;
+
+/// Paths of the byte-stream calls, as the generated service names them.
+pub const TAKE_CONNECTION: &str = "/tpr.agent.v1.Agent/TakeConnection";
+pub const DIAL_POD: &str = "/tpr.agent.v1.Agent/DialPod";
+
+/// Receiving half: the payloads of the peer's chunks.
+pub struct Inbound {
+    body: Body,
+    decoder: wire::Decoder,
+    ready: VecDeque<Bytes>,
+    done: bool,
+}
+
+/// Sending half: whole messages ([`wire::seal`], [`wire::message`]).
+/// Dropping it ends the stream (half-close).
+pub type Outbound = mpsc::Sender<Bytes>;
+
+/// The body that carries what an [`Outbound`] sends.
+pub struct OutboundBody {
+    rx: mpsc::Receiver<Bytes>,
+    /// A server's response ends with `grpc-status: 0`; a request has none.
+    trailers: Option<HeaderMap>,
+}
+
+/// A channel for the sending half; the body goes into the request or response.
+pub fn outbound() -> (Outbound, OutboundBody) {
+    // A few chunks in flight keep the writer busy without holding much.
+    let (tx, rx) = mpsc::channel(4);
+    (tx, OutboundBody { rx, trailers: None })
+}
+
+impl Inbound {
+    pub fn new(body: Body) -> Self {
+        Inbound {
+            body,
+            decoder: wire::Decoder::default(),
+            ready: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// The next payload; `None` at the peer's half-close.
+    pub async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            if let Some(bytes) = self.ready.pop_front() {
+                return Poll::Ready(Some(Ok(bytes)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(status)) => return Poll::Ready(Some(Err(status_to_io(status)))),
+                None => {
+                    self.done = true;
+                    if let Err(e) = self.decoder.finish() {
+                        return Poll::Ready(Some(Err(wire_to_io(e))));
+                    }
+                    continue;
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let ready = &mut self.ready;
+                    if let Err(e) = self.decoder.decode(data, &mut |b| ready.push_back(b)) {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(wire_to_io(e))));
+                    }
+                }
+                Err(frame) => {
+                    let failed = frame
+                        .trailers_ref()
+                        .and_then(Status::from_header_map)
+                        .filter(|status| status.code() != Code::Ok);
+                    if let Some(status) = failed {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(status_to_io(status))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl http_body::Body for OutboundBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        match ready!(self.rx.poll_recv(cx)) {
+            Some(message) => Poll::Ready(Some(Ok(Frame::data(message)))),
+            None => Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t)))),
+        }
+    }
+}
+
+/// Opens a byte-stream call (`path`, one metadata entry) on a tunnel channel.
+pub async fn call(
+    channel: &Channel,
+    path: &'static str,
+    (key, value): (&'static str, &str),
+) -> Result<(Inbound, Outbound), Status> {
+    let (tx, body) = outbound();
+    let value = HeaderValue::from_str(value)
+        .map_err(|_| Status::invalid_argument(format!("{key} is not a header value")))?;
+    let request = http::Request::post(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header(key, value)
+        .body(Body::new(body))
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let mut channel = channel.clone();
+    let unavailable = |e: tonic::transport::Error| Status::unavailable(e.to_string());
+    poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .map_err(unavailable)?;
+    let response = channel.call(request).await.map_err(unavailable)?;
+    if response.status() != http::StatusCode::OK {
+        return Err(Status::unknown(format!(
+            "the agent answered HTTP {}",
+            response.status()
+        )));
+    }
+    // A call refused at once ends in its headers ("trailers-only").
+    if let Some(status) = Status::from_header_map(response.headers())
+        && status.code() != Code::Ok
+    {
+        return Err(status);
+    }
+    Ok((Inbound::new(response.into_body()), tx))
+}
+
+/// The response of a byte-stream call whose replies `body` carries.
+pub fn respond(mut body: OutboundBody) -> http::Response<Body> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    body.trailers = Some(trailers);
+    http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(Body::new(body))
+        .expect("static headers are valid")
+}
+
+/// Relays a TCP connection and a chunk stream until both directions ended.
+/// Socket reads become messages in place; received payloads are written
+/// straight from the frames they arrived in.
+pub async fn splice(tcp: TcpStream, mut inbound: Inbound, outbound: Outbound) -> io::Result<()> {
+    let (mut reader, mut writer) = tcp.into_split();
+    let up = async move {
+        loop {
+            let mut buf = wire::buffer(CHUNK_SIZE);
+            if reader.read_buf(&mut buf).await? == 0 {
+                // Dropping `outbound` half-closes the stream.
+                return Ok::<_, io::Error>(());
+            }
+            if outbound.send(wire::seal(buf)).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let down = async move {
+        while let Some(data) = inbound.next().await {
+            writer.write_all(&data?).await?;
+        }
+        writer.shutdown().await
+    };
+    tokio::try_join!(up, down).map(|_| ())
+}
+
+/// A chunk stream as an `AsyncRead + AsyncWrite` byte stream, for protocol
+/// clients (hyper) that speak over the tunnel.
+pub struct Pipe {
+    inbound: Inbound,
+    pending: Bytes,
+    outbound: PollSender<Bytes>,
+}
+
+impl Pipe {
+    pub fn new(inbound: Inbound, outbound: Outbound) -> Self {
+        Pipe {
+            inbound,
+            pending: Bytes::new(),
+            outbound: PollSender::new(outbound),
+        }
+    }
+}
+
+fn status_to_io(status: Status) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, status.message().to_owned())
+}
+
+fn wire_to_io(e: wire::WireError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl AsyncRead for Pipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pending.is_empty() {
+            match ready!(self.inbound.poll_next(cx)) {
+                Some(Ok(data)) => self.pending = data,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Pipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "tunnel stream closed");
+        ready!(self.outbound.poll_reserve(cx)).map_err(|_| closed())?;
+        let n = buf.len().min(CHUNK_SIZE);
+        self.outbound
+            .send_item(wire::message(&buf[..n]))
+            .map_err(|_| closed())?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.outbound.close();
+        Poll::Ready(Ok(()))
+    }
+}
