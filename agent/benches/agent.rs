@@ -34,7 +34,7 @@ const RPS_CONNECTIONS: usize = 8;
 const RPS_DURATION: Duration = Duration::from_secs(3);
 const OPEN_CONNECTIONS: usize = 1_000;
 const IO_BUFFER: usize = 256 << 10;
-const THROUGHPUT_ROUNDS: usize = 3;
+const THROUGHPUT_ROUNDS: usize = 5;
 /// Rounds of the one-path mode (TPR_BENCH_ONLY), made for profilers.
 const PROFILE_ROUNDS: usize = 5;
 

@@ -74,7 +74,7 @@ async fn handle(
 pub async fn dial_app(app_port: u16) -> io::Result<TcpStream> {
     // A socket address, not a host name: the static binary has no resolver.
     let app = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], app_port))).await?;
-    let _ = app.set_nodelay(true);
+    pipe::tune_local(&app);
     Ok(app)
 }
 

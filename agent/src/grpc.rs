@@ -113,7 +113,7 @@ impl AgentService {
                     "nothing answers on 127.0.0.1:{port} in the pod: {e}"
                 ))
             })?;
-        let _ = tcp.set_nodelay(true);
+        pipe::tune_local(&tcp);
         let (tx, body) = pipe::outbound();
         let inbound = pipe::Inbound::new(req.into_body());
         tokio::spawn(async move {

@@ -428,7 +428,7 @@ async fn take(
             target,
         });
     }
-    let _ = tcp.set_nodelay(true);
+    pipe::tune_local(&tcp);
     let stream = (proto::CONN_ID_METADATA, announced.conn_id.as_str());
     match pipe::call(&channel, pipe::TAKE_CONNECTION, stream).await {
         Ok((inbound, outbound)) => {

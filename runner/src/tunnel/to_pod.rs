@@ -40,7 +40,7 @@ impl ToPod {
                 let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
-                let _ = tcp.set_nodelay(true);
+                pipe::tune_local(&tcp);
                 let channel = channel.clone();
                 tokio::spawn(async move {
                     if let Err(e) = relay(channel, tcp, port).await {

@@ -181,6 +181,22 @@ pub fn respond(mut body: OutboundBody) -> http::Response<Body> {
         .expect("static headers are valid")
 }
 
+/// Settings for a connection that never leaves this host (the agent to the
+/// app inside the pod, the runner to a local process): no Nagle delay, and
+/// reno congestion control. Many nodes default to BBR, which paces sends
+/// with timers; on loopback that only leaves the CPU idle between bursts
+/// (measured by bench/agent: passthrough throughput rises by a fifth). Reno
+/// is open to unprivileged sockets on every kernel. Best effort: a refusal
+/// only costs speed. Connections that cross the network keep the system's
+/// choice.
+pub fn tune_local(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.peer_addr().is_ok_and(|peer| peer.ip().is_loopback());
+    if local {
+        let _ = rustix::net::sockopt::set_tcp_congestion(tcp, "reno");
+    }
+}
+
 /// Relays a TCP connection and a chunk stream until both directions ended.
 /// Socket reads become messages in place; received payloads are written
 /// straight from the frames they arrived in.
