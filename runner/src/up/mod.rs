@@ -4,6 +4,7 @@
 
 pub mod control;
 mod env_export;
+pub mod event;
 pub mod install_id;
 mod link;
 mod manager;
@@ -20,6 +21,7 @@ use crate::tunnel::TunnelError;
 
 pub use link::channel as link_channel;
 pub use manager::Manager;
+pub use event::{Events, UpEvent};
 pub use progress::Display;
 
 /// What can stop `tpr up` and its sibling commands.
