@@ -345,9 +345,18 @@ impl UpEvent {
     }
 
     /// The event for an error that stops `tpr up`.
+    /// The message is the error and its causes, each once.
     pub fn error(report: &miette::Report) -> Self {
+        let mut message = report.to_string();
+        for cause in report.chain().skip(1) {
+            let cause = cause.to_string();
+            if !message.contains(&cause) {
+                message.push_str(": ");
+                message.push_str(&cause);
+            }
+        }
         UpEvent::Error {
-            message: report.to_string(),
+            message,
             help: report.help().map(|h| h.to_string()),
         }
     }

@@ -19,9 +19,9 @@ use miette::Diagnostic;
 use crate::k8s::{AgentPod, K8sError};
 use crate::tunnel::TunnelError;
 
+pub use event::{Events, UpEvent};
 pub use link::channel as link_channel;
 pub use manager::Manager;
-pub use event::{Events, UpEvent};
 pub use progress::Display;
 
 /// What can stop `tpr up` and its sibling commands.

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tpr_schema::{INTERCEPT_ID_HEADER, Intercept, Mechanism as FileMechanism, PortId, Project};
 
-use crate::k8s::{self, AgentSpec, InterceptTarget, Resolved};
 use super::event::{HeaderRule, InterceptPort, UpEvent, WorkloadRef};
+use crate::k8s::{self, AgentSpec, InterceptTarget, Resolved};
 use crate::tunnel::{HeaderMatch, InterceptSpec, Mechanism};
 
 /// The target of one port of an intercept.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::session_loop::ReloadCause;
+use crate::up::UpError;
 
 fn hello() -> WorkloadRef {
     WorkloadRef {
@@ -80,17 +81,17 @@ fn the_env_file_event_counts_variables_and_names_only_the_skipped_ones() {
         file: "/p/.env".into(),
         variables: 7,
         skipped: vec!["A.B".into()],
-        format: "env".into(),
+        format: "compose".into(),
     };
     assert_eq!(
         e.json(),
-        r#"{"event":"env_written","intercept":"hello","file":"/p/.env","variables":7,"skipped":["A.B"],"format":"env"}"#
+        r#"{"event":"env_written","intercept":"hello","file":"/p/.env","variables":7,"skipped":["A.B"],"format":"compose"}"#
     );
     assert_eq!(
         human(&e),
         (
             "err",
-            "wrote 7 variables of intercept hello to /p/.env (left out A.B: not expressible in env format)"
+            "wrote 7 variables of intercept hello to /p/.env (left out A.B: not expressible in compose format)"
                 .to_string()
         )
     );
@@ -210,4 +211,30 @@ fn intercept_ended_says_which_processes_lose_its_env() {
                 .to_string()
         )
     );
+}
+
+#[test]
+fn an_error_event_carries_the_causes_and_the_help() {
+    let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+    let e = UpError::Io {
+        what: "reading telepresence.toml".into(),
+        source: io,
+    };
+    // The cause is already in the message: not repeated.
+    assert_eq!(
+        UpEvent::error(&miette::Report::new(e)).json(),
+        r#"{"event":"error","message":"reading telepresence.toml: No such file","help":null}"#
+    );
+    // A cause that is not in the message is appended; the help comes along.
+    let missing = tpr_schema::load(std::path::Path::new("/nonexistent/telepresence.toml"))
+        .expect_err("no such file");
+    let UpEvent::Error { message, help } = UpEvent::error(&miette::Report::new(missing)) else {
+        unreachable!()
+    };
+    assert!(
+        message.starts_with("cannot read /nonexistent/telepresence.toml: "),
+        "{message}"
+    );
+    assert!(message.contains("No such file"), "{message}");
+    assert!(help.is_some_and(|h| h.contains("-f FILE")));
 }
