@@ -129,6 +129,8 @@ pub enum UpEvent {
     Error {
         message: String,
         help: Option<String>,
+        /// An invalid project file: each problem, where it is.
+        problems: Vec<FileProblem>,
     },
     /// `tpr up` ended, with this exit status.
     Stopped { exit_code: i32 },
@@ -178,6 +180,16 @@ pub struct InterceptPort {
 pub struct HeaderRule {
     pub header: String,
     pub regex: String,
+}
+
+/// One problem of an invalid project file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileProblem {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub help: Option<String>,
 }
 
 /// Why an intercept ended.
@@ -355,9 +367,25 @@ impl UpEvent {
                 message.push_str(&cause);
             }
         }
+        let problems = crate::report::invalid(report)
+            .map(|invalid| {
+                invalid
+                    .problems
+                    .iter()
+                    .map(|p| FileProblem {
+                        file: p.file.clone(),
+                        line: p.line,
+                        column: p.column,
+                        message: p.to_string(),
+                        help: p.help_text().map(str::to_owned),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         UpEvent::Error {
             message,
             help: report.help().map(|h| h.to_string()),
+            problems,
         }
     }
 }

@@ -61,8 +61,9 @@ fn cluster_events_are_one_flat_object_each() {
             UpEvent::Error {
                 message: "no Service".into(),
                 help: Some("add one".into()),
+                problems: vec![],
             },
-            r#"{"event":"error","message":"no Service","help":"add one"}"#,
+            r#"{"event":"error","message":"no Service","help":"add one","problems":[]}"#,
         ),
         (
             UpEvent::Stopped { exit_code: 7 },
@@ -223,12 +224,12 @@ fn an_error_event_carries_the_causes_and_the_help() {
     // The cause is already in the message: not repeated.
     assert_eq!(
         UpEvent::error(&miette::Report::new(e)).json(),
-        r#"{"event":"error","message":"reading telepresence.toml: No such file","help":null}"#
+        r#"{"event":"error","message":"reading telepresence.toml: No such file","help":null,"problems":[]}"#
     );
     // A cause that is not in the message is appended; the help comes along.
     let missing = tpr_schema::load(std::path::Path::new("/nonexistent/telepresence.toml"))
         .expect_err("no such file");
-    let UpEvent::Error { message, help } = UpEvent::error(&miette::Report::new(missing)) else {
+    let UpEvent::Error { message, help, .. } = UpEvent::error(&miette::Report::new(missing)) else {
         unreachable!()
     };
     assert!(
@@ -237,4 +238,22 @@ fn an_error_event_carries_the_causes_and_the_help() {
     );
     assert!(message.contains("No such file"), "{message}");
     assert!(help.is_some_and(|h| h.contains("-f FILE")));
+}
+
+#[test]
+fn an_invalid_file_lists_each_problem_where_it_is() {
+    let team = tpr_schema::SourceFile::new(
+        "telepresence.toml".to_string(),
+        "format_version = 1\n[[intercept]]\nworkload = 3\n".to_string(),
+    );
+    let invalid = tpr_schema::parse(&team, None, std::path::Path::new("/p")).expect_err("invalid");
+    let UpEvent::Error { problems, .. } = UpEvent::error(&miette::Report::new(invalid)) else {
+        unreachable!()
+    };
+    let workload = problems
+        .iter()
+        .find(|p| p.line == 3)
+        .unwrap_or_else(|| panic!("{problems:?}"));
+    assert_eq!(workload.file, "telepresence.toml");
+    assert_eq!(workload.column, 12, "{workload:?}");
 }
