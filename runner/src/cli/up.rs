@@ -43,7 +43,7 @@ Each object has an \"event\" field:
   agent_notice          intercept, message
   stopping              graceful
   warning               message
-  error                 message, help
+  error                 message, help, problems[{file, line, column, message, help}] (invalid file)
   stopped               exit_code (always the last line)
 Env values never appear in events.";
 
