@@ -9,11 +9,7 @@ use tpr_schema::{Invalid, LoadError};
 /// Renders `report` for a terminal (or plainly when stderr is not one).
 pub fn render(report: &miette::Report) -> String {
     let handler = MietteHandlerOpts::new().build();
-    let invalid = match report.downcast_ref::<LoadError>() {
-        Some(LoadError::Invalid(invalid)) => Some(invalid),
-        _ => report.downcast_ref::<Invalid>(),
-    };
-    let Some(invalid) = invalid else {
+    let Some(invalid) = invalid(report) else {
         return format!("{:?}", Show(report.as_ref(), &handler));
     };
     let mut out = String::new();
@@ -22,6 +18,14 @@ pub fn render(report: &miette::Report) -> String {
     }
     out.push_str(&format!("error: {invalid}; nothing was done\n"));
     out
+}
+
+/// The problems of an invalid project, if that is what `report` is.
+pub fn invalid(report: &miette::Report) -> Option<&Invalid> {
+    match report.downcast_ref::<LoadError>() {
+        Some(LoadError::Invalid(invalid)) => Some(invalid),
+        _ => report.downcast_ref::<Invalid>(),
+    }
 }
 
 struct Show<'a>(&'a dyn Diagnostic, &'a dyn ReportHandler);

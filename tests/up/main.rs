@@ -4,6 +4,7 @@
 
 mod env;
 mod errors;
+mod json;
 mod lifecycle;
 mod rbac;
 mod support;
@@ -366,4 +367,9 @@ async fn a_restarted_agent_pod_is_reconnected_and_the_intercept_restored() {
 #[tokio::test]
 async fn forbidden_requests_name_the_missing_right_and_change_nothing() {
     in_namespace!("up-rbac", (rbac::forbidden));
+}
+
+#[tokio::test]
+async fn up_output_json_streams_events_and_leave_restarts_without_the_env() {
+    in_namespace!("up-json", (json::json));
 }

@@ -25,6 +25,9 @@ pub struct SessionOptions {
     pub handle_signals: bool,
     /// Where updates and shutdown requests come from, besides signals.
     pub control: Option<SessionControl>,
+    /// Send the processes' stdout to tpr's stderr, keeping tpr's stdout
+    /// for machine-readable output (`tpr up --output json`).
+    pub stdout_to_stderr: bool,
 }
 
 impl SessionOptions {
@@ -47,6 +50,7 @@ impl SessionOptions {
             ignored_files: Vec::new(),
             handle_signals: true,
             control: None,
+            stdout_to_stderr: false,
         })
     }
 }

@@ -5,28 +5,58 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use serde::{Serialize, Serializer};
+
 use crate::supervise::describe_status;
 
-/// Something that happened; `Display` gives the line to show the user.
-#[derive(Debug, Clone)]
+/// Something that happened; `Display` gives the line to show the user,
+/// `Serialize` the object `tpr up --output json` prints (the `event` names
+/// are part of tpr's interface: README "Machine-readable output").
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum SessionEvent {
     /// A process started (first start or restart).
-    Started { name: String, pid: u32 },
-    /// Files changed: the process is being restarted.
-    Changed { name: String, paths: Vec<PathBuf> },
-    /// The process exited by itself.
-    Exited {
+    #[serde(rename = "process_started")]
+    Started {
+        #[serde(rename = "process")]
         name: String,
+        pid: u32,
+    },
+    /// Files changed: the process is being restarted.
+    #[serde(rename = "restarting")]
+    Changed {
+        #[serde(rename = "process")]
+        name: String,
+        paths: Vec<PathBuf>,
+    },
+    /// The process exited by itself.
+    #[serde(rename = "process_exited")]
+    Exited {
+        #[serde(rename = "process")]
+        name: String,
+        #[serde(serialize_with = "status_json")]
         status: ExitStatus,
         /// `Some`: restarting after this delay; `None`: waiting for a change.
+        #[serde(rename = "restart_in_ms", serialize_with = "millis_json")]
         restart_in: Option<Duration>,
     },
     /// The process could not be started; waiting for a change.
-    StartFailed { name: String, error: String },
+    #[serde(rename = "process_start_failed")]
+    StartFailed {
+        #[serde(rename = "process")]
+        name: String,
+        error: String,
+    },
     /// Watching broke (e.g. the inotify limit hit on a new directory).
-    WatchFailed { name: String, error: String },
-    /// A project file edit was applied.
+    WatchFailed {
+        #[serde(rename = "process")]
+        name: String,
+        error: String,
+    },
+    /// A project file edit or a new environment was applied.
+    #[serde(rename = "processes_reloaded")]
     Reloaded {
+        cause: ReloadCause,
         started: Vec<String>,
         restarted: Vec<String>,
         stopped: Vec<String>,
@@ -35,6 +65,40 @@ pub enum SessionEvent {
     ReloadFailed { error: String },
     /// Shutting down; `graceful: false` once the grace period is skipped.
     Stopping { graceful: bool },
+}
+
+/// Why the processes were reconciled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadCause {
+    /// The project file changed.
+    ProjectFile,
+    /// The caller sent new specs ([`super::SessionHandle::update`]): for
+    /// `tpr up`, an intercept's environment came, changed or went.
+    Update,
+}
+
+/// `{"code": 3}` or `{"signal": "SIGKILL"}`.
+fn status_json<S: Serializer>(status: &ExitStatus, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    use std::os::unix::process::ExitStatusExt;
+    let mut map = s.serialize_map(Some(1))?;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => map.serialize_entry("code", &code)?,
+        (None, Some(signal)) => {
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|_| signal.to_string());
+            map.serialize_entry("signal", &name)?
+        }
+        (None, None) => map.serialize_entry("code", &None::<i32>)?,
+    }
+    map.end()
+}
+
+fn millis_json<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .serialize(s)
 }
 
 impl fmt::Display for SessionEvent {
@@ -76,14 +140,19 @@ impl fmt::Display for SessionEvent {
                 write!(f, "watching files for {name}: {error}")
             }
             SessionEvent::Reloaded {
+                cause,
                 started,
                 restarted,
                 stopped,
             } => {
+                let what = match cause {
+                    ReloadCause::ProjectFile => "project file reloaded",
+                    ReloadCause::Update => "intercept environment changed",
+                };
                 if started.is_empty() && restarted.is_empty() && stopped.is_empty() {
-                    return write!(f, "project file reloaded: no process affected");
+                    return write!(f, "{what}: no process affected");
                 }
-                write!(f, "project file reloaded:")?;
+                write!(f, "{what}:")?;
                 for (verb, names) in [
                     ("started", started),
                     ("restarted", restarted),

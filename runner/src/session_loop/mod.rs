@@ -23,7 +23,7 @@ use crate::supervise::{Output, ProcessSpec, Running, wait_child};
 use crate::watch::{WatchError, WatchSpec, Watcher};
 
 pub use control::{SessionControl, SessionError, SessionHandle, SessionOptions, control_channel};
-pub use event::{Outcome, SessionEvent};
+pub use event::{Outcome, ReloadCause, SessionEvent};
 
 use control::Control;
 
@@ -182,7 +182,7 @@ where
                 Some(()) = recv_signal(&mut interrupts) => self.stop_all(Outcome::Interrupted),
                 Some(()) = recv_signal(&mut terminates) => self.stop_all(Outcome::Terminated),
                 Some(request) = recv_control(&mut control) => match request {
-                    Control::Update(specs) => self.reconcile(specs),
+                    Control::Update(specs) => self.reconcile(specs, ReloadCause::Update),
                     Control::Shutdown { graceful: true } => self.stop_all(Outcome::Shutdown),
                     Control::Shutdown { graceful: false } => {
                         self.stop_all(Outcome::Shutdown);
@@ -242,10 +242,9 @@ where
     }
 
     fn output(&self) -> Output {
-        if self.slots.len() > 1 {
-            Output::Prefixed
-        } else {
-            Output::Inherit
+        Output {
+            prefixed: self.slots.len() > 1,
+            stdout_to_stderr: self.options.stdout_to_stderr,
         }
     }
 
@@ -364,7 +363,7 @@ where
                 }
                 match result {
                     Ok(_) => match (self.reload)() {
-                        Ok(specs) => self.reconcile(specs),
+                        Ok(specs) => self.reconcile(specs, ReloadCause::ProjectFile),
                         Err(error) => self.emit(SessionEvent::ReloadFailed { error }),
                     },
                     Err(err) => self.emit(SessionEvent::WatchFailed {

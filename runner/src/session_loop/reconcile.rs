@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{AfterStop, Session, SessionEvent, Slot, check_names};
+use super::{AfterStop, ReloadCause, Session, SessionEvent, Slot, check_names};
 use crate::supervise::ProcessSpec;
 
 impl<R, E> Session<R, E>
@@ -13,7 +13,7 @@ where
 {
     /// Applies new specs: only what changed changes. Watchers are built
     /// first, so a failure leaves the running state untouched.
-    pub(super) fn reconcile(&mut self, specs: Vec<ProcessSpec>) {
+    pub(super) fn reconcile(&mut self, specs: Vec<ProcessSpec>, cause: ReloadCause) {
         if self.shutdown.is_some() {
             return;
         }
@@ -106,7 +106,17 @@ where
                 }
             }
         }
+        // An update that changes nothing (e.g. the env of an intercept no
+        // process uses) is not worth a line.
+        let quiet = cause == ReloadCause::Update
+            && started.is_empty()
+            && restarted.is_empty()
+            && stopped.is_empty();
+        if quiet {
+            return;
+        }
         self.emit(SessionEvent::Reloaded {
+            cause,
             started,
             restarted,
             stopped,

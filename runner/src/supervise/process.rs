@@ -2,6 +2,7 @@
 //! pipe and its output pumps.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -14,13 +15,15 @@ use super::shim::shim_args;
 use super::{Error, ProcessSpec};
 
 /// Where a process's output goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    /// Straight to tpr's stdout/stderr (one process: the child may see the
-    /// terminal, so colours and progress bars keep working).
-    Inherit,
-    /// Line by line, each line prefixed `[name] `.
-    Prefixed,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Output {
+    /// `false`: straight to tpr's stdout/stderr (one process: the child may
+    /// see the terminal, so colours and progress bars keep working).
+    /// `true`: line by line, each line prefixed `[name] `.
+    pub prefixed: bool,
+    /// The process's stdout goes to tpr's stderr (tpr's stdout carries
+    /// JSON events).
+    pub stdout_to_stderr: bool,
 }
 
 /// A started process (or, gated, one ready to start). Dropping it closes
@@ -63,8 +66,17 @@ impl Running {
             .current_dir(&spec.workdir)
             .process_group(0)
             .stdin(Stdio::piped());
-        if output == Output::Prefixed {
+        if output.prefixed {
             command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        } else if output.stdout_to_stderr {
+            let stderr = std::io::stderr()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| Error::Spawn {
+                    name: spec.name.clone(),
+                    source,
+                })?;
+            command.stdout(Stdio::from(stderr));
         }
         let mut child = command.spawn().map_err(|source| Error::Spawn {
             name: spec.name.clone(),
@@ -80,10 +92,15 @@ impl Running {
                 name: spec.name.clone(),
                 source: std::io::Error::other("no control pipe to the shim"),
             })?;
-        if output == Output::Prefixed {
+        if output.prefixed {
             let prefix = format!("[{}] ", spec.name);
             if let Some(out) = child.stdout.take().and_then(|s| s.into_owned_fd().ok()) {
-                pump(prefix.clone(), std::fs::File::from(out), std::io::stdout);
+                let file = std::fs::File::from(out);
+                if output.stdout_to_stderr {
+                    pump(prefix.clone(), file, std::io::stderr);
+                } else {
+                    pump(prefix.clone(), file, std::io::stdout);
+                }
             }
             if let Some(err) = child.stderr.take().and_then(|s| s.into_owned_fd().ok()) {
                 pump(prefix, std::fs::File::from(err), std::io::stderr);

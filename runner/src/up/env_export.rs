@@ -10,11 +10,16 @@ use std::path::Path;
 use tpr_schema::Intercept;
 
 use super::UpError;
+use super::event::{Events, UpEvent};
 use crate::envfile;
 
-/// Writes `intercept`'s env file from the pod's `env`, if it has one.
-/// Returns whether the file was (re)written.
-pub fn export(intercept: &Intercept, env: &BTreeMap<String, String>) -> Result<bool, UpError> {
+/// Writes `intercept`'s env file from the pod's `env`, if it has one, and
+/// says so to `events`. Returns whether the file was (re)written.
+pub fn export(
+    intercept: &Intercept,
+    env: &BTreeMap<String, String>,
+    events: Events,
+) -> Result<bool, UpError> {
     let Some(file) = &intercept.env.file else {
         return Ok(false);
     };
@@ -24,24 +29,17 @@ pub fn export(intercept: &Intercept, env: &BTreeMap<String, String>) -> Result<b
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let rendered = envfile::render(&selected, intercept.env.format);
-    if !rendered.skipped.is_empty() {
-        eprintln!(
-            "tpr: {}: left out {} (not expressible in {} format)",
-            file.display(),
-            rendered.skipped.join(", "),
-            intercept.env.format
-        );
-    }
     if std::fs::read_to_string(file).ok().as_deref() == Some(rendered.text.as_str()) {
         return Ok(false);
     }
     write_private(file, &rendered.text)?;
-    eprintln!(
-        "tpr: wrote {} variables of intercept {} to {}",
-        selected.len() - rendered.skipped.len(),
-        intercept.name,
-        file.display()
-    );
+    events.emit(UpEvent::EnvWritten {
+        intercept: intercept.name.clone(),
+        file: file.clone(),
+        variables: selected.len() - rendered.skipped.len(),
+        skipped: rendered.skipped,
+        format: intercept.env.format.to_string(),
+    });
     Ok(true)
 }
 
@@ -89,13 +87,13 @@ mod tests {
             ("SECRET_KEY".to_string(), "k".to_string()),
         ]);
         let i = &project.intercepts[0];
-        assert!(export(i, &env).unwrap());
+        assert!(export(i, &env, Events::Human).unwrap());
         let path = dir.path().join("e.env");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "A='1'\n");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(
-            !export(i, &env).unwrap(),
+            !export(i, &env, Events::Human).unwrap(),
             "an unchanged file is not rewritten"
         );
     }

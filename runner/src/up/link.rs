@@ -14,6 +14,7 @@ use crate::k8s::{self, AgentPod, Cluster, PortForwardConnector, Workload};
 use crate::tunnel::{self, Hello, InterceptSpec, Notice, Session, ToPod, TunnelError};
 
 use super::UpError;
+use super::event::{Events, UpEvent};
 
 /// How long a refusal by our own dying session (same install id, e.g. after
 /// a crash) is retried: the agent drops a silent session after 2.5 s.
@@ -142,25 +143,31 @@ impl Link {
     }
 
     /// Whether the session was lost since the last call; the reason if so.
-    pub fn take_lost(&mut self) -> Option<String> {
+    /// The agent's other notices go to `events`.
+    pub fn take_lost(&mut self, events: Events) -> Option<String> {
         let session = self.session.as_mut()?;
         let mut lost = None;
         while let Some(n) = session.try_notice() {
             match n {
                 Notice::Lost { reason } => lost = Some(reason),
                 Notice::WorkstationUnreachable {
-                    intercept, target, ..
-                } => eprintln!(
-                    "tpr: intercept {intercept}: nothing answers on {target}; intercepted requests get 502 until it does"
-                ),
+                    intercept,
+                    target,
+                    error,
+                } => events.emit(UpEvent::LocalUnreachable {
+                    intercept,
+                    target: target.to_string(),
+                    error,
+                }),
                 Notice::WorkstationReachable { intercept, target } => {
-                    eprintln!("tpr: intercept {intercept}: {target} answers again")
+                    events.emit(UpEvent::LocalReachable {
+                        intercept,
+                        target: target.to_string(),
+                    })
                 }
                 Notice::TlsPassthrough {
                     intercept, message, ..
-                } => {
-                    eprintln!("tpr: intercept {intercept}: {message}")
-                }
+                } => events.emit(UpEvent::AgentNotice { intercept, message }),
             }
         }
         if lost.is_some() {

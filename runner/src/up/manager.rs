@@ -13,6 +13,7 @@ use crate::k8s::{self, Cluster, Resolved, RolloutOptions};
 use crate::tunnel::Hello;
 
 use super::UpError;
+use super::event::{EndReason, Events, UpEvent, WorkloadRef};
 use super::link::Link;
 use super::plan;
 use super::progress::Display;
@@ -51,6 +52,7 @@ pub struct Manager {
     active: BTreeMap<String, Active>,
     paths: StatePaths,
     project_file: std::path::PathBuf,
+    events: Events,
 }
 
 impl Manager {
@@ -59,6 +61,7 @@ impl Manager {
         install_id: String,
         paths: StatePaths,
         project_file: std::path::PathBuf,
+        events: Events,
     ) -> Self {
         let hello = Hello {
             install_id: install_id.clone(),
@@ -73,6 +76,7 @@ impl Manager {
             active: BTreeMap::new(),
             paths,
             project_file,
+            events,
         }
     }
 
@@ -126,7 +130,17 @@ impl Manager {
             let gone = !wanted.contains(name.as_str());
             self.end(&name).await?;
             if gone {
-                println!("ended intercept {name}");
+                // Its processes are restarted by the reload, without its env.
+                let processes = self
+                    .processes_of(&name)
+                    .into_iter()
+                    .filter(|p| project.processes.iter().any(|q| &q.name == p))
+                    .collect();
+                self.events.emit(UpEvent::InterceptEnded {
+                    name,
+                    reason: EndReason::LeftFile,
+                    processes,
+                });
             }
         }
         // 3. Install and connect per workload, then register.
@@ -142,7 +156,9 @@ impl Manager {
         }
         for (id, items) in by_workload {
             let workload = items[0].1[0].workload.clone();
-            println!("Using {} {}", workload.kind().kind(), workload.name());
+            self.events.emit(UpEvent::Installing {
+                workload: WorkloadRef::of(&workload),
+            });
             let mut requests: Vec<_> = items
                 .iter()
                 .flat_map(|(_, rs)| rs.iter().map(Resolved::port_request))
@@ -153,7 +169,7 @@ impl Manager {
                     .filter(|a| a.link == id)
                     .flat_map(|a| a.resolved.iter().map(Resolved::port_request)),
             );
-            let progress = Display::new();
+            let progress = Display::for_events(self.events);
             let started = Instant::now();
             let outcome = k8s::install(
                 &self.cluster,
@@ -167,11 +183,10 @@ impl Manager {
             progress.finish();
             let outcome = outcome?;
             if outcome.changed {
-                eprintln!(
-                    "tpr: installed the traffic agent in {} ({:.1} s)",
-                    outcome.workload,
-                    started.elapsed().as_secs_f64()
-                );
+                self.events.emit(UpEvent::Installed {
+                    workload: WorkloadRef::of(&workload),
+                    seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                });
                 // The pods were replaced: the old session is gone.
                 if let Some(old) = self.links.remove(&id) {
                     old.close().await;
@@ -233,16 +248,12 @@ impl Manager {
                 .iter()
                 .map(|r| r.service_port.identifier())
                 .collect();
-            print!(
-                "{}",
-                plan::describe(
-                    &intercept,
-                    r_kind(&resolved[0]),
-                    &ids,
-                    "ACTIVE",
-                    &self.install_id
-                )
-            );
+            self.events.emit(plan::active(
+                &intercept,
+                WorkloadRef::of(&resolved[0].workload),
+                &ids,
+                &self.install_id,
+            ));
         }
         self.active.insert(
             intercept.name.clone(),
@@ -266,7 +277,16 @@ impl Manager {
                 .collect();
             ports.sort_unstable();
             ports.dedup();
+            if link.to_pod_ports() == ports {
+                continue;
+            }
             link.set_to_pod(&ports).await?;
+            if !ports.is_empty() {
+                self.events.emit(UpEvent::ToPodListening {
+                    workload: WorkloadRef::of(&link.workload),
+                    ports,
+                });
+            }
         }
         Ok(())
     }
@@ -293,11 +313,27 @@ impl Manager {
         Ok(())
     }
 
-    /// `tpr leave NAME`: ends the intercept until the next `tpr up`.
+    /// `tpr leave NAME`: ends the intercept until the next `tpr up`. The
+    /// processes that ran with its environment are named in the event; the
+    /// caller restarts them without it.
     pub async fn leave(&mut self, name: &str) -> Result<(), UpError> {
         self.end(name).await?;
-        println!("ended intercept {name}");
+        self.events.emit(UpEvent::InterceptEnded {
+            name: name.to_owned(),
+            reason: EndReason::Leave,
+            processes: self.processes_of(name),
+        });
         Ok(())
+    }
+
+    /// The processes of the current file that take `intercept`'s env.
+    fn processes_of(&self, intercept: &str) -> Vec<String> {
+        self.project
+            .iter()
+            .flat_map(|p| &p.processes)
+            .filter(|p| p.env_from.as_deref() == Some(intercept))
+            .map(|p| p.name.clone())
+            .collect()
     }
 
     /// The imported environment of an intercept (unfiltered).
@@ -320,7 +356,7 @@ impl Manager {
             let Some(env) = self.env_of(&a.intercept.name) else {
                 continue;
             };
-            super::env_export::export(&a.intercept, env)?;
+            super::env_export::export(&a.intercept, env, self.events)?;
         }
         Ok(())
     }
@@ -374,7 +410,9 @@ impl Manager {
 
     fn write_state(&self) {
         if let Err(e) = self.paths.write(&self.state()) {
-            eprintln!("tpr: {e}");
+            self.events.emit(UpEvent::Warning {
+                message: e.to_string(),
+            });
         }
     }
 
@@ -384,11 +422,12 @@ impl Manager {
         let mut restored = false;
         let mut changed = false;
         for link in self.links.values_mut() {
-            if let Some(reason) = link.take_lost() {
-                eprintln!(
-                    "tpr: lost connection to agent in pod {} ({reason}); reconnecting",
-                    link.pod.name
-                );
+            if let Some(reason) = link.take_lost(self.events) {
+                self.events.emit(UpEvent::ConnectionLost {
+                    workload: WorkloadRef::of(&link.workload),
+                    pod: link.pod.name.clone(),
+                    reason,
+                });
                 changed = true;
             }
             if link.connected() {
@@ -397,25 +436,28 @@ impl Manager {
             match link.try_reconnect(&self.cluster).await {
                 None => {}
                 Some(Ok(())) => {
-                    eprintln!(
-                        "tpr: restored {} intercept(s) of {} through pod {}",
-                        link.intercepts.len(),
-                        link.workload.display(),
-                        link.pod.name
-                    );
+                    self.events.emit(UpEvent::ConnectionRestored {
+                        workload: WorkloadRef::of(&link.workload),
+                        pod: link.pod.name.clone(),
+                        intercepts: link.intercepts.len(),
+                    });
                     restored = true;
                     changed = true;
                 }
                 Some(Err(e)) => {
                     let since = link.lost_since.map(|t| t.elapsed().as_secs()).unwrap_or(0);
                     if since % 5 == 0 {
-                        match e {
-                            UpError::K8s(k8s::K8sError::NoAgentPod { .. }) => eprintln!(
-                                "tpr: waiting for a ready agent pod of {} ({since} s)",
-                                link.workload.display()
-                            ),
-                            e => eprintln!("tpr: still reconnecting ({since} s): {e}"),
-                        }
+                        let error = match e {
+                            UpError::K8s(k8s::K8sError::NoAgentPod { .. }) => {
+                                "waiting for a ready agent pod".to_owned()
+                            }
+                            e => e.to_string(),
+                        };
+                        self.events.emit(UpEvent::Reconnecting {
+                            workload: WorkloadRef::of(&link.workload),
+                            seconds: since,
+                            error,
+                        });
                     }
                 }
             }
@@ -424,7 +466,9 @@ impl Manager {
             self.write_state();
         }
         if restored && let Err(e) = self.write_env_files() {
-            eprintln!("tpr: {e}");
+            self.events.emit(UpEvent::Warning {
+                message: e.to_string(),
+            });
         }
         restored
     }
@@ -437,8 +481,4 @@ impl Manager {
         }
         self.paths.remove();
     }
-}
-
-fn r_kind(r: &Resolved) -> &'static str {
-    r.workload.kind().kind()
 }

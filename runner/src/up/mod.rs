@@ -4,6 +4,7 @@
 
 pub mod control;
 mod env_export;
+pub mod event;
 pub mod install_id;
 mod link;
 mod manager;
@@ -18,6 +19,7 @@ use miette::Diagnostic;
 use crate::k8s::{AgentPod, K8sError};
 use crate::tunnel::TunnelError;
 
+pub use event::{Events, UpEvent};
 pub use link::channel as link_channel;
 pub use manager::Manager;
 pub use progress::Display;

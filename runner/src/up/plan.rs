@@ -1,15 +1,15 @@
 //! From the project file to what the cluster side needs: intercept targets,
-//! the agent's settings, the intercepts to register, and the block printed
-//! for each intercept. Pure, so it is unit-tested.
+//! the agent's settings, the intercepts to register, and the event that
+//! says an intercept is active. Pure, so it is unit-tested.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tpr_schema::{INTERCEPT_ID_HEADER, Intercept, Mechanism as FileMechanism, PortId, Project};
 
+use super::event::{HeaderRule, InterceptPort, UpEvent, WorkloadRef};
 use crate::k8s::{self, AgentSpec, InterceptTarget, Resolved};
 use crate::tunnel::{HeaderMatch, InterceptSpec, Mechanism};
 
@@ -120,46 +120,48 @@ pub fn intercept_spec(
     }
 }
 
-/// What is intercepted, as Telepresence words it.
-pub fn intercepting(intercept: &Intercept, install_id: &str) -> String {
-    let FileMechanism::Http(http) = &intercept.mechanism else {
-        return "all TCP connections".to_owned();
-    };
-    let mut out = "HTTP requests that match all of:".to_owned();
-    for m in header_matches(intercept, install_id) {
-        let (name, pattern) = match m {
-            // `-` needs no escape outside a class: keep ids readable.
-            HeaderMatch::Exact { name, value } => (name, regex::escape(&value).replace("\\-", "-")),
-            HeaderMatch::Regex { name, pattern } => (name, pattern),
-        };
-        let _ = write!(out, "\n      header(\"{name}\") ~= regexp(\"{pattern}\")");
-    }
-    if let Some(prefix) = &http.path_prefix {
-        let _ = write!(out, "\n      path starts with \"{prefix}\"");
-    }
-    out
-}
-
-/// The block printed for an intercept once it is active.
-pub fn describe(
+/// The `intercept_active` event of an intercept: where its ports come
+/// from and go to, and (http) the conditions a request must meet.
+pub fn active(
     intercept: &Intercept,
-    kind: &str,
+    workload: WorkloadRef,
     port_ids: &[String],
-    state: &str,
     install_id: &str,
-) -> String {
-    let destinations: Vec<String> = intercept
-        .ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{}", p.local))
+) -> UpEvent {
+    let (mechanism, path_prefix) = match &intercept.mechanism {
+        FileMechanism::Tcp => ("tcp", None),
+        FileMechanism::Http(http) => ("http", http.path_prefix.clone()),
+    };
+    let headers = header_matches(intercept, install_id)
+        .into_iter()
+        .map(|m| match m {
+            // `-` needs no escape outside a class: keep ids readable.
+            HeaderMatch::Exact { name, value } => HeaderRule {
+                header: name,
+                regex: regex::escape(&value).replace("\\-", "-"),
+            },
+            HeaderMatch::Regex { name, pattern } => HeaderRule {
+                header: name,
+                regex: pattern,
+            },
+        })
         .collect();
-    format!(
-        "intercepted\n    Intercept name         : {}\n    State                  : {state}\n    Workload kind          : {kind}\n    Destination            : {}\n    Service Port Identifier: {}\n    Intercepting           : {}\n",
-        intercept.name,
-        destinations.join(", "),
-        port_ids.join(", "),
-        intercepting(intercept, install_id),
-    )
+    UpEvent::InterceptActive {
+        name: intercept.name.clone(),
+        workload,
+        mechanism,
+        ports: intercept
+            .ports
+            .iter()
+            .zip(port_ids)
+            .map(|(p, id)| InterceptPort {
+                local: p.local,
+                service_port: id.clone(),
+            })
+            .collect(),
+        headers,
+        path_prefix,
+    }
 }
 
 #[cfg(test)]
@@ -174,19 +176,6 @@ mod tests {
     }
 
     #[test]
-    fn tcp_block_reads_like_telepresence() {
-        let p = project(
-            "format_version = 1\n[[intercept]]\nworkload = \"hello\"\nport = \"8080:http\"\n",
-        );
-        let i = &p.intercepts[0];
-        let text = describe(i, "Deployment", &["http".into()], "ACTIVE", "id");
-        assert_eq!(
-            text,
-            "intercepted\n    Intercept name         : hello\n    State                  : ACTIVE\n    Workload kind          : Deployment\n    Destination            : 127.0.0.1:8080\n    Service Port Identifier: http\n    Intercepting           : all TCP connections\n"
-        );
-    }
-
-    #[test]
     fn http_default_match_is_the_id_header() {
         let p = project(
             "format_version = 1\n[[intercept]]\nworkload = \"hello\"\nport = \"8080\"\nmechanism = \"http\"\n",
@@ -197,11 +186,15 @@ mod tests {
             matches!(&m[..], [HeaderMatch::Exact { name, value }] if name == INTERCEPT_ID_HEADER && value == "abc:hello"),
             "{m:?}"
         );
-        assert!(
-            intercepting(i, "abc")
-                .ends_with("header(\"x-telepresence-intercept-id\") ~= regexp(\"abc:hello\")"),
-            "{}",
-            intercepting(i, "abc")
+        let workload = WorkloadRef {
+            workload: "hello".into(),
+            kind: "Deployment".into(),
+            namespace: "shop".into(),
+        };
+        let event = active(i, workload, &["8080".into()], "a-b");
+        assert_eq!(
+            event.json(),
+            r#"{"event":"intercept_active","name":"hello","workload":"hello","kind":"Deployment","namespace":"shop","mechanism":"http","ports":[{"local":8080,"service_port":"8080"}],"headers":[{"header":"x-telepresence-intercept-id","regex":"a-b:hello"}],"path_prefix":null}"#
         );
     }
 

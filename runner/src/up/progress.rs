@@ -1,26 +1,33 @@
-//! Progress for slow steps: a spinner on a terminal, plain lines otherwise
-//! (so logs and tests see what happened), each distinct message once.
+//! Progress for slow steps: a spinner on a terminal, otherwise `progress`
+//! events (plain lines for people, so logs and tests see what happened;
+//! JSON lines with `--output json`), each distinct message once.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use indicatif::ProgressBar;
 
+use super::event::{Events, UpEvent};
 use crate::k8s::{self, Progress};
 
 /// A progress display for one step.
 pub enum Display {
     Spinner(ProgressBar),
-    Lines(Mutex<String>),
+    Events(Events, Mutex<String>),
 }
 
 impl Display {
     /// A spinner when stderr is a terminal, else plain lines.
     pub fn new() -> Self {
-        if std::io::stderr().is_terminal() {
+        Self::for_events(Events::Human)
+    }
+
+    /// For `events`: never a spinner for programs.
+    pub fn for_events(events: Events) -> Self {
+        if events == Events::Human && std::io::stderr().is_terminal() {
             Display::Spinner(k8s::spinner())
         } else {
-            Display::Lines(Mutex::new(String::new()))
+            Display::Events(events, Mutex::new(String::new()))
         }
     }
 
@@ -42,10 +49,12 @@ impl Progress for Display {
     fn message(&self, msg: &str) {
         match self {
             Display::Spinner(pb) => pb.set_message(msg.to_owned()),
-            Display::Lines(last) => {
+            Display::Events(events, last) => {
                 let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
                 if *last != msg {
-                    eprintln!("tpr: {msg}");
+                    events.emit(UpEvent::Progress {
+                        message: msg.to_owned(),
+                    });
                     *last = msg.to_owned();
                 }
             }

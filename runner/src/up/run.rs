@@ -14,6 +14,7 @@ use crate::k8s::{Cluster, ClusterOptions};
 use crate::session_loop::{self, SessionHandle, SessionOptions};
 
 use super::control::{self, Incoming, Request};
+use super::event::{Events, UpEvent};
 use super::state::{StatePaths, pid_alive};
 use super::{Manager, UpError, processes};
 
@@ -23,6 +24,8 @@ pub struct UpOptions {
     pub file: PathBuf,
     /// End when a process exits, with its status.
     pub once: bool,
+    /// Where what happens is told: people or programs (JSON lines).
+    pub events: Events,
 }
 
 /// Connects to the cluster of `project` (its context; KUBECONFIG honoured).
@@ -37,7 +40,7 @@ pub async fn connect(project: &Project) -> Result<Cluster, UpError> {
 }
 
 /// Refuses a second `tpr up` for the project; tells about a crashed one.
-fn check_not_running(paths: &StatePaths, file: &Path) -> Result<(), UpError> {
+fn check_not_running(paths: &StatePaths, file: &Path, events: Events) -> Result<(), UpError> {
     let Some(state) = paths.read() else {
         return Ok(());
     };
@@ -47,10 +50,7 @@ fn check_not_running(paths: &StatePaths, file: &Path) -> Result<(), UpError> {
             project: file.display().to_string(),
         });
     }
-    eprintln!(
-        "tpr: the previous tpr up (pid {}) ended without cleaning up; its intercepts ended with its session",
-        state.pid
-    );
+    events.emit(UpEvent::StaleSession { pid: state.pid });
     paths.remove();
     Ok(())
 }
@@ -62,11 +62,28 @@ enum ToManager {
 
 /// Runs `tpr up`; returns the exit code.
 pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
+    let events = options.events;
+    events.emit(UpEvent::Validated {
+        file: options.file.clone(),
+        intercepts: project.intercepts.iter().map(|i| i.name.clone()).collect(),
+        processes: project.processes.iter().map(|p| p.name.clone()).collect(),
+    });
     let paths = StatePaths::for_project(&options.file)?;
-    check_not_running(&paths, &options.file)?;
+    check_not_running(&paths, &options.file, events)?;
     let cluster = connect(&project).await?;
     let install_id = super::install_id::install_id()?;
-    let mut manager = Manager::new(cluster, install_id, paths.clone(), options.file.clone());
+    events.emit(UpEvent::Connected {
+        context: cluster.context().to_owned(),
+        server: cluster.url().to_owned(),
+        install_id: install_id.clone(),
+    });
+    let mut manager = Manager::new(
+        cluster,
+        install_id,
+        paths.clone(),
+        options.file.clone(),
+        events,
+    );
     if let Err(e) = manager.apply(&project).await {
         manager.shutdown().await;
         return Err(e);
@@ -85,7 +102,7 @@ pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
             manager.shutdown().await;
             return Ok(0);
         }
-        println!("no [[process]] in the file: intercepts stay until Ctrl-C or `tpr down`");
+        events.emit(UpEvent::NoProcesses);
     }
 
     let (tx, rx) = mpsc::channel::<ToManager>(16);
@@ -107,6 +124,7 @@ pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
     let mut session_options = SessionOptions::new()?;
     session_options.once = once;
     session_options.control = Some(control);
+    session_options.stdout_to_stderr = events.is_json();
     session_options.project_files = vec![
         options.file.clone(),
         options
@@ -130,6 +148,7 @@ pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
         stopped,
         handle.clone(),
         envs.clone(),
+        events,
     ));
     let file = options.file.clone();
     let reload_envs = envs.clone();
@@ -144,7 +163,7 @@ pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
         Ok(specs)
     };
     let outcome = session_loop::run_session(specs, reload, session_options, |event| {
-        eprintln!("tpr: {event}")
+        events.emit(UpEvent::Process(event.clone()))
     })
     .await;
     drop(handle);
@@ -165,10 +184,13 @@ async fn manage(
     mut stopped: tokio::sync::oneshot::Receiver<()>,
     handle: SessionHandle,
     envs: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>,
+    events: Events,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut project = Some(initial);
+    // A new environment (an intercept came, went or reconnected to a new
+    // pod) restarts the processes that take it.
     let publish = |manager: &Manager, project: &Option<Project>| {
         let now = manager.envs();
         let mut shared = envs.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,19 +212,23 @@ async fn manage(
                     match manager.apply(&p).await {
                         Ok(changed) => {
                             if changed {
-                                eprintln!("tpr: intercepts reconciled with the project file");
+                                events.emit(UpEvent::Reconciled);
                             }
                             project = Some(*p);
                             publish(&manager, &project);
                         }
-                        Err(e) => eprintln!("tpr: the project file change was not applied to the cluster: {e}"),
+                        Err(e) => events.emit(UpEvent::ReconcileFailed { error: e.to_string() }),
                     }
                 }
                 Some(ToManager::Control((req, reply))) => {
                     let answer = match req {
                         Request::Status => Ok(serde_json::to_string(&manager.state()).expect("state serializes")),
                         Request::Leave(name) => match manager.leave(&name).await {
-                            Ok(()) => Ok(format!("ended intercept {name}")),
+                            Ok(()) => {
+                                // Its processes must not keep its env.
+                                publish(&manager, &project);
+                                Ok(format!("ended intercept {name}"))
+                            }
                             Err(e) => Err(e.to_string()),
                         },
                         Request::Down => {
