@@ -152,7 +152,7 @@ impl ProblemKind {
             ToPodCollision { .. } => "collides".into(),
             UnknownEnvFrom { .. } => "no such intercept".into(),
             EmptyCommand { .. } => "no program to run".into(),
-            HttpWithoutHttpMechanism => "needs mechanism = \"http\"".into(),
+            HttpWithoutHttpMechanism => "contradicts mechanism = \"tcp\"".into(),
             NothingToDo => "empty project".into(),
         }
     }
@@ -194,7 +194,9 @@ impl ProblemKind {
             UnknownEnvFrom { known, .. } => format!("intercepts: {}", known.join(", ")),
             EmptyCommand { .. } => "give the program and its arguments, e.g. command = [\"go\", \"run\", \".\"]".into(),
             DuplicateProcessName { .. } => "process names must be unique: set `name` on each process".into(),
-            HttpWithoutHttpMechanism => "set mechanism = \"http\", or remove the `http` settings".into(),
+            HttpWithoutHttpMechanism => {
+                "`http` settings imply mechanism = \"http\": drop mechanism = \"tcp\", or remove the `http` settings".into()
+            }
             NothingToDo => "add an [[intercept]] (a workload to route to this machine) or a [[process]] (a command to run)".into(),
         })
     }

@@ -130,7 +130,7 @@ pub struct RawIntercept {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub service: Str,
-    /// `tcp`: all traffic to the port; `http`: only requests that match `http`. Default: tcp.
+    /// `tcp`: all traffic to the port; `http`: only requests that match `http`. Default: http when `http` is set, else tcp.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mechanism: Option<Sp<MechanismKind>>,
     /// Which requests an http intercept takes.

@@ -218,10 +218,13 @@ impl Resolver {
         self.name(i.name, "intercept name", dns_label_problem);
         let namespace = self.name(i.namespace, "namespace", dns_label_problem);
         let service = self.name(i.service, "service name", dns_label_problem);
+        // As Telepresence's `--http-*` flags do, `http` settings imply the
+        // http mechanism; only an explicit `tcp` contradicts them.
         let mechanism = match (i.mechanism.map(|m| m.value), i.http) {
             (Some(MechanismKind::Http), http) => {
                 Mechanism::Http(self.http(http.unwrap_or_default()))
             }
+            (None, Some(http)) => Mechanism::Http(self.http(http)),
             (_, Some(http)) => {
                 let at = http_span(&http).unwrap_or_else(|| i.span.clone());
                 self.push(ProblemKind::HttpWithoutHttpMechanism, &at);

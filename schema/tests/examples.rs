@@ -217,3 +217,24 @@ fn the_readme_examples_validate() {
     assert_eq!(p.intercepts[0].ports[0].to_string(), "9090:http");
     assert_eq!(p.processes[0].env_from.as_deref(), Some("orders"));
 }
+
+/// As Telepresence's `--http-*` flags imply `--mechanism=http`, `http`
+/// settings without a `mechanism` make an http intercept.
+#[test]
+fn http_settings_imply_the_http_mechanism() {
+    let dir = std::env::temp_dir().join(format!("tpr-http-implied-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("telepresence.toml");
+    fs::write(
+        &file,
+        "[[intercept]]\nworkload = \"orders\"\nport = \"8080:http\"\nhttp.path_prefix = \"/api\"\n",
+    )
+    .unwrap();
+    let p = load_ok(&file);
+    fs::remove_dir_all(&dir).unwrap();
+    let Mechanism::Http(http) = &p.intercept("orders").unwrap().mechanism else {
+        panic!("http expected")
+    };
+    assert_eq!(http.path_prefix.as_deref(), Some("/api"));
+    assert!(http.id_header, "the default match stays on");
+}

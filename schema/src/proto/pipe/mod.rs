@@ -293,3 +293,22 @@ impl AsyncWrite for Pipe {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A loopback connection gets reno (this machine's default is BBR).
+    #[tokio::test]
+    async fn local_connections_use_reno() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tune_local(&tcp);
+        assert_eq!(rustix::net::sockopt::tcp_congestion(&tcp).unwrap(), "reno");
+        assert!(tcp.nodelay().unwrap());
+    }
+}
