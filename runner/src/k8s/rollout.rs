@@ -17,6 +17,9 @@ use super::error::{is_conflict, is_not_found};
 use super::workload::selector_string;
 use super::{Cluster, K8sError, Progress, Workload};
 
+/// How long a finished rollout waits for its old pods to be gone.
+const OLD_PODS_WAIT: Duration = Duration::from_secs(10);
+
 /// How long and how often to wait.
 #[derive(Debug, Clone)]
 pub struct RolloutOptions {
@@ -137,6 +140,7 @@ pub(crate) async fn roll_out(
     let start = Instant::now();
     let ns = written.metadata().namespace.clone().unwrap_or_default();
     let mut replaced: Option<BTreeSet<String>> = None;
+    let mut done_at: Option<Instant> = None;
     let mut last = format!("rolling out {}", written.display());
     loop {
         let w = super::resolve::get_workload(cluster, written.kind(), &ns, written.name())
@@ -175,7 +179,23 @@ pub(crate) async fn roll_out(
             }
         }
         if observed && state.done && (!replace || replaced.is_some()) {
-            return Ok(());
+            // An old pod that is still stopping may still be in the
+            // Service's rules for a moment: a connection sent there after
+            // its network is gone hangs. Wait for it a while (bounded: an
+            // app may drain for long, and traffic to the agent flows).
+            let stopping = pods
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_some())
+                .count();
+            let waited = *done_at.get_or_insert_with(Instant::now);
+            if stopping == 0 || waited.elapsed() >= OLD_PODS_WAIT {
+                return Ok(());
+            }
+            last = format!(
+                "rolling out {}: {stopping} old pod(s) stopping",
+                w.display()
+            );
+            progress.message(&last);
         }
         if start.elapsed() >= opts.timeout {
             return Err(RolloutError::Timeout {
