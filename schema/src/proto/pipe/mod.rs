@@ -20,7 +20,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http_body::{Body as _, Frame};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
@@ -201,13 +201,19 @@ pub fn tune_local(tcp: &TcpStream) {
 /// Socket reads become messages in place; received payloads are written
 /// straight from the frames they arrived in.
 pub async fn splice(tcp: TcpStream, mut inbound: Inbound, outbound: Outbound) -> io::Result<()> {
-    let (mut reader, mut writer) = tcp.into_split();
+    let (reader, mut writer) = tcp.into_split();
     let up = async move {
         loop {
+            // The buffer is made once data is there: a quiet connection
+            // holds none.
+            reader.readable().await?;
             let mut buf = wire::buffer(CHUNK_SIZE);
-            if reader.read_buf(&mut buf).await? == 0 {
+            match reader.try_read_buf(&mut buf) {
                 // Dropping `outbound` half-closes the stream.
-                return Ok::<_, io::Error>(());
+                Ok(0) => return Ok::<_, io::Error>(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
             }
             if outbound.send(wire::seal(buf)).await.is_err() {
                 return Ok(());
