@@ -158,12 +158,24 @@ pub(crate) async fn roll_out(
         }
         let pods = pods_of(cluster, &w).await?;
         let state = state(&w, &pods, replaced.as_ref(), cluster).await?;
-        last = format!(
-            "rolling out {}: {}/{} pods ready",
-            w.display(),
-            state.ready,
-            w.replicas()
-        );
+        let stopping = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .count();
+        let finished = observed && state.done && (!replace || replaced.is_some());
+        last = if finished && stopping > 0 {
+            format!(
+                "rolling out {}: {stopping} old pod(s) stopping",
+                w.display()
+            )
+        } else {
+            format!(
+                "rolling out {}: {}/{} pods ready",
+                w.display(),
+                state.ready,
+                w.replicas()
+            )
+        };
         progress.message(&last);
         if let Some(msg) = state.failed.filter(|_| observed) {
             return Err(RolloutError::Failed(msg));
@@ -178,24 +190,15 @@ pub(crate) async fn roll_out(
                 });
             }
         }
-        if observed && state.done && (!replace || replaced.is_some()) {
+        if finished {
             // An old pod that is still stopping may still be in the
             // Service's rules for a moment: a connection sent there after
             // its network is gone hangs. Wait for it a while (bounded: an
             // app may drain for long, and traffic to the agent flows).
-            let stopping = pods
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_some())
-                .count();
             let waited = *done_at.get_or_insert_with(Instant::now);
             if stopping == 0 || waited.elapsed() >= OLD_PODS_WAIT {
                 return Ok(());
             }
-            last = format!(
-                "rolling out {}: {stopping} old pod(s) stopping",
-                w.display()
-            );
-            progress.message(&last);
         }
         if start.elapsed() >= opts.timeout {
             return Err(RolloutError::Timeout {
