@@ -294,16 +294,18 @@ async fn run() {
     )
     .await
     .unwrap();
+    // The request figures' intercept: the default match (this session's id).
+    let http_intercept = InterceptSpec {
+        name: "http".into(),
+        app_port: app_http.port(),
+        mechanism: Mechanism::Http {
+            headers: vec![],
+            path_prefix: None,
+        },
+        target: ws_http,
+    };
     session
-        .create_intercept(InterceptSpec {
-            name: "http".into(),
-            app_port: app_http.port(),
-            mechanism: Mechanism::Http {
-                headers: vec![],
-                path_prefix: None,
-            },
-            target: ws_http,
-        })
+        .create_intercept(http_intercept.clone())
         .await
         .unwrap();
     let id = "bench:http".to_owned();
@@ -378,15 +380,7 @@ async fn run() {
     let r_direct = requests_per_second(app_http, &[]).await;
     let r_pass = requests_per_second(front_http, &[]).await;
     session
-        .create_intercept(InterceptSpec {
-            name: "http".into(),
-            app_port: app_http.port(),
-            mechanism: Mechanism::Http {
-                headers: vec![],
-                path_prefix: None,
-            },
-            target: ws_http,
-        })
+        .create_intercept(http_intercept.clone())
         .await
         .unwrap();
     let r_routed = requests_per_second(front_http, &[]).await;

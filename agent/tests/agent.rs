@@ -37,6 +37,21 @@ fn http_spec(name: &str, app_port: u16, target: u16) -> InterceptSpec {
     }
 }
 
+/// An app and a workstation HTTP server, the agent in front of the app, and
+/// alice's http intercept `orders` (the default match) sending to the
+/// workstation.
+async fn alice_intercepts_orders() -> (Server, Server, Agent, tunnel::Session) {
+    let app = http_server("app").await;
+    let workstation = http_server("workstation").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let session = agent.session("alice").await;
+    session
+        .create_intercept(http_spec("orders", app.port(), workstation.port()))
+        .await
+        .unwrap();
+    (app, workstation, agent, session)
+}
+
 #[tokio::test]
 async fn without_intercepts_connections_pass_through_to_the_app() {
     let app = tcp_server("app").await;
@@ -130,14 +145,7 @@ async fn an_intercept_on_a_port_the_agent_does_not_forward_is_refused() {
 
 #[tokio::test]
 async fn http_requests_are_routed_one_by_one_on_one_keep_alive_connection() {
-    let app = http_server("app").await;
-    let workstation = http_server("workstation").await;
-    let agent = Agent::start(&[app.port()], &[]).await;
-    let session = agent.session("alice").await;
-    session
-        .create_intercept(http_spec("orders", app.port(), workstation.port()))
-        .await
-        .unwrap();
+    let (app, _workstation, agent, session) = alice_intercepts_orders().await;
 
     let id = intercept_id("alice", "orders");
     let mine = [("x-telepresence-intercept-id", id.as_str())];
@@ -178,14 +186,7 @@ async fn http_requests_are_routed_one_by_one_on_one_keep_alive_connection() {
 
 #[tokio::test]
 async fn http2_requests_are_routed_one_by_one_on_one_connection() {
-    let app = http_server("app").await;
-    let workstation = http_server("workstation").await;
-    let agent = Agent::start(&[app.port()], &[]).await;
-    let session = agent.session("alice").await;
-    session
-        .create_intercept(http_spec("orders", app.port(), workstation.port()))
-        .await
-        .unwrap();
+    let (app, _workstation, agent, _session) = alice_intercepts_orders().await;
     let id = intercept_id("alice", "orders");
     let client = H2::connect(agent.port_for(app.port())).await;
     let mut calls = Vec::new();
@@ -341,14 +342,7 @@ async fn a_refused_workstation_gets_502_naming_the_intercept_reported_once() {
 
 #[tokio::test]
 async fn websocket_upgrades_are_routed_by_headers_then_relayed() {
-    let app = http_server("app").await;
-    let workstation = http_server("workstation").await;
-    let agent = Agent::start(&[app.port()], &[]).await;
-    let session = agent.session("alice").await;
-    session
-        .create_intercept(http_spec("orders", app.port(), workstation.port()))
-        .await
-        .unwrap();
+    let (app, _workstation, agent, _session) = alice_intercepts_orders().await;
     let id = intercept_id("alice", "orders");
     for (headers, who) in [
         (

@@ -414,17 +414,10 @@ impl Events {
             Events::Json => {
                 let mut line = event.json();
                 line.push('\n');
-                // One write per line: lines from several tasks never mix.
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(line.as_bytes());
-                let _ = out.flush();
+                write_stdout(&line);
             }
             Events::Human => match event.human() {
-                Some(Human::Out(text)) => {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(text.as_bytes());
-                    let _ = out.flush();
-                }
+                Some(Human::Out(text)) => write_stdout(&text),
                 Some(Human::Err(text)) => eprintln!("tpr: {text}"),
                 None => {}
             },
@@ -435,6 +428,13 @@ impl Events {
     pub fn is_json(self) -> bool {
         self == Events::Json
     }
+}
+
+/// One write per text: lines from several tasks never mix.
+fn write_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
 
 #[cfg(test)]
