@@ -14,6 +14,7 @@
 //! throughput (median of 5 transfers): a steady load to attach `perf` to.
 
 use std::convert::Infallible;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tpr::tunnel::{self, Hello, InterceptSpec, Mechanism, Session};
 
@@ -73,24 +74,37 @@ async fn http_server() -> SocketAddr {
 
 /// Reads everything, then answers the byte count (8 bytes, big endian).
 /// Also serves as the 1,000-connection target: a connection that sends
-/// nothing just stays open.
+/// nothing just stays open. A thread per connection with blocking calls, as
+/// a plain server process: the transfer figures must not depend on where a
+/// runtime happens to schedule the client and the sink.
+/// Connections the sinks accepted so far.
+static SINK_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
 async fn sink_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Bound by tokio for its backlog of 1,024 (std's 128 would drop SYNs
+    // of the 1,000 connections opened at once).
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .into_std()
+        .unwrap();
+    listener.set_nonblocking(false).unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; IO_BUFFER];
-                let mut total = 0u64;
-                while let Ok(n) = tcp.read(&mut buf).await {
-                    if n == 0 {
-                        break;
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let mut tcp = tcp.unwrap();
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    SINK_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+                    let mut buf = vec![0u8; IO_BUFFER];
+                    let mut total = 0u64;
+                    while let Ok(n @ 1..) = tcp.read(&mut buf) {
+                        total += n as u64;
                     }
-                    total += n as u64;
-                }
-                let _ = tcp.write_all(&total.to_be_bytes()).await;
-            });
+                    let _ = tcp.write_all(&total.to_be_bytes());
+                })
+                .unwrap();
         }
     });
     addr
@@ -161,24 +175,29 @@ async fn requests_per_second(addr: SocketAddr, headers: &[(&'static str, String)
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// MiB/s of sending `bytes` and receiving the sink's count.
+/// MiB/s of sending `bytes` and receiving the sink's count, from a thread
+/// of its own with blocking calls (see `sink_server`).
 async fn throughput(addr: SocketAddr, bytes: u64) -> f64 {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let buf = vec![0x5au8; IO_BUFFER];
-    let start = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        tcp.write_all(&buf[..n]).await.unwrap();
-        left -= n as u64;
-    }
-    tcp.shutdown().await.unwrap();
-    let mut count = [0u8; 8];
-    tcp.read_exact(&mut count).await.unwrap();
-    let took = start.elapsed().as_secs_f64();
-    assert_eq!(u64::from_be_bytes(count), bytes, "the sink got every byte");
-    bytes as f64 / (1 << 20) as f64 / took
+    tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let buf = vec![0x5au8; IO_BUFFER];
+        let start = Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            tcp.write_all(&buf[..n]).unwrap();
+            left -= n as u64;
+        }
+        tcp.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut count = [0u8; 8];
+        tcp.read_exact(&mut count).unwrap();
+        let took = start.elapsed().as_secs_f64();
+        assert_eq!(u64::from_be_bytes(count), bytes, "the sink got every byte");
+        bytes as f64 / (1 << 20) as f64 / took
+    })
+    .await
+    .unwrap()
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -276,10 +295,15 @@ async fn run() {
     // any bulk transfer (whose freed buffers the allocator may keep: see
     // agent_rss_after_bench).
     let mut open = Vec::with_capacity(OPEN_CONNECTIONS);
+    let relayed = SINK_CONNECTIONS.load(Ordering::Relaxed) + OPEN_CONNECTIONS as u64;
     for _ in 0..OPEN_CONNECTIONS {
         let mut tcp = TcpStream::connect(front_sink).await.unwrap();
         tcp.write_all(b"x").await.unwrap();
         open.push(tcp);
+    }
+    // Every connection reached the app through the agent, then settle.
+    while SINK_CONNECTIONS.load(Ordering::Relaxed) < relayed {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     figure("agent_rss_1000_connections", rss_mib(pid), "MiB");
@@ -333,9 +357,21 @@ async fn run() {
             other => panic!("TPR_BENCH_ONLY={other}: direct, passthrough or intercepted"),
         };
         let mut rounds = Vec::new();
+        let (own, agent_cpu) = (cpu_seconds(std::process::id()), cpu_seconds(pid));
         for _ in 0..PROFILE_ROUNDS {
             rounds.push(throughput(target, bytes).await);
         }
+        let gib = (PROFILE_ROUNDS as u64 * bytes) as f64 / (1u64 << 30) as f64;
+        figure(
+            "bench_process_cpu_per_gib",
+            (cpu_seconds(std::process::id()) - own) / gib,
+            "s",
+        );
+        figure(
+            "agent_cpu_per_gib",
+            (cpu_seconds(pid) - agent_cpu) / gib,
+            "s",
+        );
         figure(&format!("throughput_{path}"), median(rounds), "MiB/s");
         return;
     }
