@@ -39,6 +39,10 @@ pub enum ConfigError {
 pub struct Forward {
     pub agent_port: u16,
     pub app_port: u16,
+    /// Serve HTTP connections request by request even while no intercept
+    /// holds the port (`<agent>=<app>/http`): a pooled keep-alive connection
+    /// opened before a personal intercept must still reach it.
+    pub http: bool,
 }
 
 /// Settings of the running agent.
@@ -67,16 +71,7 @@ impl Config {
             Some(v) => port("TPR_AGENT_GRPC_PORT", v)?,
             None => DEFAULT_GRPC_PORT,
         };
-        let forwards = pairs(
-            "TPR_AGENT_FORWARDS",
-            get("TPR_AGENT_FORWARDS").unwrap_or(""),
-        )?
-        .into_iter()
-        .map(|(agent_port, app_port)| Forward {
-            agent_port,
-            app_port,
-        })
-        .collect();
+        let forwards = forwards(get("TPR_AGENT_FORWARDS").unwrap_or(""))?;
         let env_prefix = get("TPR_AGENT_ENV_PREFIX")
             .unwrap_or(DEFAULT_ENV_PREFIX)
             .to_owned();
@@ -133,30 +128,64 @@ fn port(var: &'static str, value: &str) -> Result<u16, ConfigError> {
     }
 }
 
-fn pairs(var: &'static str, value: &str) -> Result<Vec<(u16, u16)>, ConfigError> {
-    let example = if var == "TPR_AGENT_FORWARDS" {
-        "9901=8080,9902=8081"
-    } else {
-        "8080=9901"
-    };
-    let mut out: Vec<(u16, u16)> = Vec::new();
-    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let bad = || ConfigError::BadPair {
-            var,
-            entry: entry.to_owned(),
-            example,
+/// `TPR_AGENT_FORWARDS`: `<agentPort>=<appPort>[/http]`, comma separated.
+fn forwards(value: &str) -> Result<Vec<Forward>, ConfigError> {
+    const VAR: &str = "TPR_AGENT_FORWARDS";
+    let mut out: Vec<Forward> = Vec::new();
+    for entry in entries(value) {
+        let (ports, http) = match entry.strip_suffix("/http") {
+            Some(ports) => (ports, true),
+            None => (entry, false),
         };
-        let (l, r) = entry.split_once('=').ok_or_else(bad)?;
-        let (l, r) = (
-            port(var, l).map_err(|_| bad())?,
-            port(var, r).map_err(|_| bad())?,
-        );
+        let (agent_port, app_port) = pair(VAR, entry, ports, "9901=8080,9902=8081/http")?;
+        if out.iter().any(|f| f.agent_port == agent_port) {
+            return Err(ConfigError::Duplicate {
+                var: VAR,
+                port: agent_port,
+            });
+        }
+        out.push(Forward {
+            agent_port,
+            app_port,
+            http,
+        });
+    }
+    Ok(out)
+}
+
+fn pairs(var: &'static str, value: &str) -> Result<Vec<(u16, u16)>, ConfigError> {
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for entry in entries(value) {
+        let (l, r) = pair(var, entry, entry, "8080=9901")?;
         if out.iter().any(|(seen, _)| *seen == l) {
             return Err(ConfigError::Duplicate { var, port: l });
         }
         out.push((l, r));
     }
     Ok(out)
+}
+
+fn entries(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|e| !e.is_empty())
+}
+
+/// `<port>=<port>` of a list `entry` (`ports` is the entry without options).
+fn pair(
+    var: &'static str,
+    entry: &str,
+    ports: &str,
+    example: &'static str,
+) -> Result<(u16, u16), ConfigError> {
+    let bad = || ConfigError::BadPair {
+        var,
+        entry: entry.to_owned(),
+        example,
+    };
+    let (l, r) = ports.split_once('=').ok_or_else(bad)?;
+    Ok((
+        port(var, l).map_err(|_| bad())?,
+        port(var, r).map_err(|_| bad())?,
+    ))
 }
 
 #[cfg(test)]
@@ -171,7 +200,8 @@ mod tests {
 
     #[test]
     fn defaults_and_forwards() {
-        let c = Config::from_vars(vars(&[("TPR_AGENT_FORWARDS", "9901=8080, 9902=8081")])).unwrap();
+        let c = Config::from_vars(vars(&[("TPR_AGENT_FORWARDS", "9901=8080, 9902=8081/http")]))
+            .unwrap();
         assert_eq!(c.grpc_port, 9900);
         assert_eq!(c.env_prefix, "TPR_APP_");
         assert_eq!(
@@ -179,11 +209,13 @@ mod tests {
             vec![
                 Forward {
                     agent_port: 9901,
-                    app_port: 8080
+                    app_port: 8080,
+                    http: false,
                 },
                 Forward {
                     agent_port: 9902,
-                    app_port: 8081
+                    app_port: 8081,
+                    http: true,
                 }
             ]
         );
@@ -195,8 +227,11 @@ mod tests {
         assert!(e.to_string().contains("TPR_AGENT_FORWARDS"), "{e}");
         let e = Config::from_vars(vars(&[("TPR_AGENT_GRPC_PORT", "70000")])).unwrap_err();
         assert!(e.to_string().contains("TPR_AGENT_GRPC_PORT"), "{e}");
-        let e = Config::from_vars(vars(&[("TPR_AGENT_FORWARDS", "1=2,1=3")])).unwrap_err();
+        let e = Config::from_vars(vars(&[("TPR_AGENT_FORWARDS", "1=2,1=3/http")])).unwrap_err();
         assert!(matches!(e, ConfigError::Duplicate { port: 1, .. }));
+        let e = Config::from_vars(vars(&[("TPR_AGENT_FORWARDS", "9901=8080/tcp")])).unwrap_err();
+        assert!(e.to_string().contains("\"9901=8080/tcp\""), "{e}");
+        assert!(redirects(vars(&[("TPR_AGENT_REDIRECTS", "80=9901/http")])).is_err());
         assert!(redirects(vars(&[])).is_err());
         assert_eq!(
             redirects(vars(&[("TPR_AGENT_REDIRECTS", "80=9901")])).unwrap(),

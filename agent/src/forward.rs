@@ -31,7 +31,7 @@ pub async fn serve(listener: TcpListener, forward: Forward, registry: Arc<Regist
         let _ = tcp.set_nodelay(true);
         let registry = registry.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(tcp, peer, forward.app_port, registry).await {
+            if let Err(e) = handle(tcp, peer, forward, registry).await {
                 debug!(%peer, port = forward.app_port, "connection ended: {e}");
             }
         });
@@ -41,10 +41,17 @@ pub async fn serve(listener: TcpListener, forward: Forward, registry: Arc<Regist
 async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
-    app_port: u16,
+    forward: Forward,
     registry: Arc<Registry>,
 ) -> io::Result<()> {
-    match registry.route(app_port) {
+    let app_port = forward.app_port;
+    let route = match registry.route(app_port) {
+        // A port made for http intercepts parses HTTP from the start, so a
+        // keep-alive connection opened now is routed by intercepts made later.
+        Route::App if forward.http => Route::Http,
+        route => route,
+    };
+    match route {
         Route::App => relay_to_app(tcp, &[], app_port).await,
         Route::Tcp(intercept) => to_workstation(tcp, &intercept, &registry).await,
         Route::Http => {

@@ -74,7 +74,11 @@ pub async fn serve(io: Rewind, h2: bool, app_port: u16, registry: Arc<Registry>)
             .serve_connection(io, svc)
             .await
     } else {
+        // As transparent as a proxy can be: header names keep their case
+        // and no Date header is added to the app's answers.
         server1::Builder::new()
+            .preserve_header_case(true)
+            .auto_date_header(false)
             .serve_connection(io, svc)
             .with_upgrades()
             .await
@@ -259,7 +263,9 @@ where
         });
         Ok(Sender::H2(sender))
     } else {
-        let (sender, conn) = client1::handshake(io)
+        let (sender, conn) = client1::Builder::new()
+            .preserve_header_case(true)
+            .handshake(io)
             .await
             .map_err(ForwardError::Upstream)?;
         tokio::spawn(async move {

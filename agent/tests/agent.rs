@@ -184,6 +184,97 @@ async fn http_requests_are_routed_one_by_one_on_one_keep_alive_connection() {
     }
 }
 
+/// A pooled keep-alive connection (an ingress, a mesh sidecar) is usually
+/// opened before anyone starts a personal intercept. On a port made for http
+/// intercepts it is routed request by request all the same; on a plain port
+/// it stays a byte relay to the app.
+#[tokio::test]
+async fn a_connection_opened_before_a_personal_intercept_is_routed_by_it() {
+    let app = http_server("app").await;
+    let workstation = http_server("workstation").await;
+    let id = intercept_id("alice", "orders");
+    let mine = [("x-telepresence-intercept-id", id.as_str())];
+    for (agent, routed) in [
+        (Agent::start_http(&[app.port()]).await, true),
+        (Agent::start(&[app.port()], &[]).await, false),
+    ] {
+        let mut client = H1::connect(agent.port_for(app.port())).await;
+        assert_eq!(client.get("/a", &mine).await.1, "app GET /a");
+        let session = agent.session("alice").await;
+        session
+            .create_intercept(http_spec("orders", app.port(), workstation.port()))
+            .await
+            .unwrap();
+        let want = if routed { "workstation" } else { "app" };
+        assert_eq!(client.get("/b", &mine).await.1, format!("{want} GET /b"));
+        assert_eq!(client.get("/c", &[]).await.1, "app GET /c");
+        // A new connection is routed either way.
+        let mut fresh = H1::connect(agent.port_for(app.port())).await;
+        assert_eq!(fresh.get("/d", &mine).await.1, "workstation GET /d");
+    }
+}
+
+/// Through a port made for http intercepts the app's exchange stays as it
+/// was: header names keep their case both ways and no header is added.
+#[tokio::test]
+async fn an_http_port_passes_requests_and_answers_unchanged() {
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    // Answers each request with its head as received.
+    tokio::spawn(async move {
+        let (mut tcp, _) = app.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nX-App-Header: Yes\r\nContent-Length: {}\r\n\r\n",
+            head.len()
+        );
+        tcp.write_all(answer.as_bytes()).await.unwrap();
+        tcp.write_all(&head).await.unwrap();
+    });
+    let agent = Agent::start_http(&[app_port]).await;
+    let mut tcp = TcpStream::connect(agent.port_for(app_port)).await.unwrap();
+    tcp.write_all(b"GET /x HTTP/1.1\r\nHost: app\r\nX-Request-Case: Kept\r\n\r\n")
+        .await
+        .unwrap();
+    // Reads the head, then as many bytes as its Content-Length says.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (head, length) = loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "answer cut: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, _)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .expect("a Content-Length")
+                .parse::<usize>()
+                .unwrap();
+            break (head.to_owned(), length);
+        }
+    };
+    while answer.len() < head.len() + 4 + length {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "body cut");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&answer[head.len() + 4..]).into_owned();
+    assert!(head.contains("\r\nX-App-Header: Yes"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("date:"), "{head}");
+    assert!(body.contains("\r\nHost: app\r\n"), "{body}");
+    assert!(body.contains("\r\nX-Request-Case: Kept\r\n"), "{body}");
+}
+
 #[tokio::test]
 async fn http2_requests_are_routed_one_by_one_on_one_connection() {
     let (app, _workstation, agent, _session) = alice_intercepts_orders().await;

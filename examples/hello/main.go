@@ -3,6 +3,9 @@
 //	hello [serve]                 serve HTTP on $PORT (default 8080)
 //	hello get URL [-H k:v]... [-wait 30s]
 //	                              print URL's body; exit 1 on failure
+//	hello get URL -n 20 [-interval 250ms] [-H k:v]...
+//	                              n requests on one keep-alive connection,
+//	                              one line each: "reused=<bool> <body>"
 //	hello sleep                   wait until stopped (a pod to exec into)
 //
 // Server paths: / answers "hello from <$HELLO_WHO or hostname>";
@@ -17,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"os/signal"
 	"strings"
@@ -125,6 +129,8 @@ func get(args []string) error {
 	var headers headerFlag
 	fs.Var(&headers, "H", "request header k:v (repeatable)")
 	wait := fs.Duration("wait", 0, "keep retrying failures for this long")
+	count := fs.Int("n", 1, "requests to send on one keep-alive connection")
+	interval := fs.Duration("interval", 0, "pause between those requests")
 	// Flags may come before or after the URL.
 	var url string
 	for {
@@ -142,10 +148,13 @@ func get(args []string) error {
 	if url == "" {
 		return errors.New("usage: hello get URL [-H k:v]... [-wait 30s]")
 	}
+	if *count > 1 {
+		return repeat(url, headers, *count, *interval)
+	}
 	deadline := time.Now().Add(*wait)
 	client := &http.Client{Timeout: 10 * time.Second}
 	for {
-		body, err := fetch(client, url, headers)
+		body, err := fetch(client, url, headers, nil)
 		if err == nil {
 			_, err = os.Stdout.Write(body)
 			return err
@@ -158,10 +167,39 @@ func get(args []string) error {
 	}
 }
 
-func fetch(client *http.Client, url string, headers []string) ([]byte, error) {
+// repeat sends n requests on one keep-alive connection (as a pooling proxy
+// would) and prints one line per answer, saying whether the connection was
+// reused; a failed request prints "error: ..." and goes on.
+func repeat(url string, headers []string, n int, interval time.Duration) error {
+	client := &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{MaxConnsPerHost: 1},
+	}
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			time.Sleep(interval)
+		}
+		reused := false
+		trace := &httptrace.ClientTrace{
+			GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused },
+		}
+		body, err := fetch(client, url, headers, trace)
+		if err != nil {
+			fmt.Printf("error: %v\n", err)
+			continue
+		}
+		fmt.Printf("reused=%v %s\n", reused, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+func fetch(client *http.Client, url string, headers []string, trace *httptrace.ClientTrace) ([]byte, error) {
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
+	}
+	if trace != nil {
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 	}
 	for _, h := range headers {
 		k, v, ok := strings.Cut(h, ":")

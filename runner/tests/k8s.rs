@@ -319,7 +319,7 @@ async fn install_then_uninstall_restores_the_template_exactly() {
     let out = k8s::install(
         &c,
         &r.workload,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &AgentSpec::default(),
         &opts(),
         &quiet,
@@ -365,7 +365,7 @@ async fn install_then_uninstall_restores_the_template_exactly() {
     let again = k8s::install(
         &c,
         &w,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &AgentSpec::default(),
         &opts(),
         &quiet,
@@ -387,7 +387,7 @@ async fn install_then_uninstall_restores_the_template_exactly() {
     let more = k8s::install(
         &c,
         &w,
-        &[r2.port_request()],
+        &[r2.port_request(false)],
         &AgentSpec::default(),
         &opts(),
         &quiet,
@@ -455,7 +455,7 @@ async fn stuck_rollout_reports_the_pod_reason_and_rolls_back() {
     let err = k8s::install(
         &c,
         &r.workload,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &missing_agent(),
         &opts(),
         &progress,
@@ -515,7 +515,7 @@ async fn crash_loop_reports_the_exit() {
     let err = k8s::install(
         &c,
         &r.workload,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &crashing,
         &opts(),
         &quiet,
@@ -551,7 +551,7 @@ async fn bare_replicaset_pods_are_replaced() {
     let err = k8s::install(
         &c,
         &r.workload,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &missing_agent(),
         &opts(),
         &quiet,
@@ -705,7 +705,7 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
     let err = k8s::install(
         &viewer,
         &r.workload,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &missing_agent(),
         &opts(),
         &quiet,
@@ -740,7 +740,7 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
     let err = k8s::install(
         &dev,
         &r.workload,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &missing_agent(),
         &opts(),
         &quiet,
@@ -773,7 +773,7 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
         k8s::install(
             &dev,
             &r.workload,
-            &[r.port_request()],
+            &[r.port_request(false)],
             &AgentSpec::default(),
             &opts(),
             &quiet
@@ -810,7 +810,7 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
     let err = k8s::install(
         &dev,
         &r.workload,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &missing_agent(),
         &opts(),
         &quiet,
@@ -841,9 +841,16 @@ async fn unschedulable_agent_is_reported() {
     let r = k8s::resolve(&c, &target(n, "app", None, None))
         .await
         .unwrap();
-    let err = k8s::install(&c, &r.workload, &[r.port_request()], &spec, &opts(), &quiet)
-        .await
-        .unwrap_err();
+    let err = k8s::install(
+        &c,
+        &r.workload,
+        &[r.port_request(false)],
+        &spec,
+        &opts(),
+        &quiet,
+    )
+    .await
+    .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("Unschedulable: 0/1 nodes are available") && msg.contains("Insufficient cpu"),
@@ -869,7 +876,7 @@ async fn slow_rollout_times_out_and_rolls_back() {
     let err = k8s::install(
         &c,
         &r.workload,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &AgentSpec::default(),
         &hurried,
         &quiet,
@@ -910,9 +917,16 @@ async fn failing_init_container_is_reported_with_its_output() {
     let r = k8s::resolve(&c, &target(n, "app", None, None))
         .await
         .unwrap();
-    let err = k8s::install(&c, &r.workload, &[r.port_request()], &spec, &opts(), &quiet)
-        .await
-        .unwrap_err();
+    let err = k8s::install(
+        &c,
+        &r.workload,
+        &[r.port_request(false)],
+        &spec,
+        &opts(),
+        &quiet,
+    )
+    .await
+    .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("container tpr-agent-init: Error: init container exited with code 1"),
@@ -944,7 +958,7 @@ async fn paused_deployment_is_reported_at_once() {
     let err = k8s::install(
         &c,
         &r.workload,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &AgentSpec::default(),
         &opts(),
         &quiet,

@@ -71,7 +71,7 @@ async fn install(c: &Cluster, ns: &str, name: &str) -> k8s::InstallOutcome {
     let out = k8s::install(
         c,
         &r.workload,
-        &[r.port_request()],
+        &[r.port_request(false)],
         &agent_spec(),
         &opts(),
         &progress,

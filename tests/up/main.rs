@@ -232,6 +232,57 @@ async fn http_personal_intercepts_leave_other_traffic_to_the_app() {
     in_namespace!("up-http", http_personal);
 }
 
+/// An ingress or a mesh keeps keep-alive connections to the pod, opened
+/// before anyone intercepts: a personal intercept still gets its requests
+/// on them.
+async fn http_keep_alive(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let client = ClientPod::start(c, ns).await?;
+    let url = format!("http://hello.{ns}/");
+    let alice = ProjectDir::new(&http_project(ns, free_port(), "alice"));
+    // The agent goes in; alice stops for now (the agent stays).
+    let mut up = alice.up(&[]);
+    up.wait_for(ACTIVE, UP).await;
+    drop(up);
+    let header = format!("x-telepresence-intercept-id:{}:hello", alice.install_id);
+    // One connection, a request every 250 ms for 20 s; alice comes back
+    // while it is open.
+    let headers = [header.as_str()];
+    let pooled = client.get_with(&url, &headers, &["-n", "80", "-interval", "250ms"]);
+    let again = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut up = alice.up(&[]);
+        up.wait_for(ACTIVE, UP).await;
+        up
+    };
+    let (out, up) = tokio::join!(pooled, again);
+    let lines: Vec<&str> = out.lines().collect();
+    let context = format!("{out}\n{}", up.stderr());
+    assert_eq!(lines.len(), 80, "{context}");
+    assert!(
+        lines[0].starts_with("reused=false hello from hello-"),
+        "{context}"
+    );
+    assert!(
+        lines[1..].iter().all(|l| l.starts_with("reused=true ")),
+        "one connection throughout: {context}"
+    );
+    let first_alice = lines.iter().position(|l| l.ends_with("hello from alice"));
+    let first_alice = first_alice.unwrap_or_else(|| panic!("alice never answered: {context}"));
+    assert!(
+        lines[first_alice..]
+            .iter()
+            .all(|l| l.ends_with("hello from alice")),
+        "{context}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_from_before_a_personal_intercept_reaches_it() {
+    in_namespace!("up-keepalive", http_keep_alive);
+}
+
 async fn sigkill(c: &Cluster, ns: &str) -> Result<()> {
     deploy_hello(c, ns).await?;
     let client = ClientPod::start(c, ns).await?;

@@ -288,11 +288,17 @@ impl ClientPod {
 
     /// `hello get URL [-H k:v]...` in the pod: the body, or the error text.
     pub async fn get(&self, url: &str, headers: &[&str]) -> String {
+        self.get_with(url, headers, &[]).await
+    }
+
+    /// `hello get URL [-H k:v]... ARGS...`: the output, or the error text.
+    pub async fn get_with(&self, url: &str, headers: &[&str], args: &[&str]) -> String {
         let mut cmd = vec!["/hello".to_string(), "get".into(), url.into()];
         for h in headers {
             cmd.push("-H".into());
             cmd.push((*h).into());
         }
+        cmd.extend(args.iter().map(|a| a.to_string()));
         let ap = AttachParams::default()
             .stdout(true)
             .stderr(true)

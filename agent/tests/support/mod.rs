@@ -60,11 +60,20 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent forwarding a fresh agent port to each app port.
     pub async fn start(app_ports: &[u16], extra_env: &[(&str, &str)]) -> Agent {
+        Self::spawn(app_ports, "", extra_env).await
+    }
+
+    /// Starts the agent with ports made for http intercepts (`/http`).
+    pub async fn start_http(app_ports: &[u16]) -> Agent {
+        Self::spawn(app_ports, "/http", &[]).await
+    }
+
+    async fn spawn(app_ports: &[u16], options: &str, extra_env: &[(&str, &str)]) -> Agent {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let forwards: Vec<(u16, u16)> = app_ports.iter().map(|p| (free_port(), *p)).collect();
         let list = forwards
             .iter()
-            .map(|(a, p)| format!("{a}={p}"))
+            .map(|(a, p)| format!("{a}={p}{options}"))
             .collect::<Vec<_>>()
             .join(",");
         let log = std::env::var("TPR_TEST_AGENT_LOG").unwrap_or_else(|_| "error".into());

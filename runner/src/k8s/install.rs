@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::resolve::{Resolved, get_workload};
+use super::resolve::get_workload;
 use super::rollout::{RolloutOptions, replace_stale_pods, roll_out, write};
 use super::template::{AgentPort, AgentSpec, PortRequest, covers, merge_ports, patch_template};
 use super::{
@@ -151,34 +151,6 @@ fn tpr_annotations(w: &Workload) -> impl Iterator<Item = (String, String)> {
     let all = w.metadata().annotations.clone().unwrap_or_default();
     all.into_iter()
         .filter(|(k, _)| k == ANNOTATION_ORIGINAL_TEMPLATE || k == ANNOTATION_AGENT_PORTS)
-}
-
-/// Installs the agent for every resolved intercept, one install per
-/// workload with all of its ports, in the order the workloads first appear.
-pub async fn install_resolved(
-    cluster: &Cluster,
-    resolved: &[Resolved],
-    spec: &AgentSpec,
-    opts: &RolloutOptions,
-    progress: &dyn Progress,
-) -> Result<Vec<InstallOutcome>, K8sError> {
-    let mut groups: Vec<(&Workload, Vec<PortRequest>)> = Vec::new();
-    for r in resolved {
-        let same = |w: &Workload| {
-            w.kind() == r.workload.kind()
-                && w.name() == r.workload.name()
-                && w.metadata().namespace == r.workload.metadata().namespace
-        };
-        match groups.iter_mut().find(|(w, _)| same(w)) {
-            Some((_, reqs)) => reqs.push(r.port_request()),
-            None => groups.push((&r.workload, vec![r.port_request()])),
-        }
-    }
-    let mut out = Vec::new();
-    for (w, reqs) in groups {
-        out.push(install(cluster, w, &reqs, spec, opts, progress).await?);
-    }
-    Ok(out)
 }
 
 /// Writes back the template and annotations `before` had, then replaces

@@ -19,8 +19,9 @@
 //! };
 //! let resolved = k8s::resolve(&cluster, &target).await?; // all intercepts first: nothing changes on an error
 //! let spinner = k8s::spinner();
-//! k8s::install_resolved(&cluster, &[resolved.clone()], &AgentSpec::default(), &RolloutOptions::default(), &spinner)
-//!     .await?;
+//! let http = true; // an http intercept: the agent parses HTTP on the port from the start
+//! k8s::install(&cluster, &resolved.workload, &[resolved.port_request(http)], &AgentSpec::default(),
+//!     &RolloutOptions::default(), &spinner).await?;
 //! spinner.finish_and_clear();
 //! let pod = k8s::find_agent_pod(&cluster, &resolved.workload).await?;
 //! let channel = k8s::agent_channel(&cluster, &pod.namespace, &pod.name, pod.grpc_port);
@@ -47,9 +48,7 @@ pub use agent_pod::{
 pub use cluster::{Cluster, ClusterOptions};
 pub use diagnose::{PodProblem, diagnose_pod};
 pub use error::{K8sError, Rollback};
-pub use install::{
-    InstallOutcome, UninstallOutcome, install, install_resolved, uninstall, uninstall_all,
-};
+pub use install::{InstallOutcome, UninstallOutcome, install, uninstall, uninstall_all};
 pub use list::{Interceptable, WorkloadSummary, list, summarize, workloads};
 pub use progress::{Progress, spinner};
 pub use resolve::{

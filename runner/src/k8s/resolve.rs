@@ -67,12 +67,13 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// The port to add to the agent.
-    pub fn port_request(&self) -> PortRequest {
+    /// The port to add to the agent; `http` when an http intercept wants it.
+    pub fn port_request(&self, http: bool) -> PortRequest {
         PortRequest {
             container: self.container.clone(),
             app_port: self.container_port,
             mode: self.mode.clone(),
+            http,
         }
     }
 }

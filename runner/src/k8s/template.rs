@@ -47,6 +47,11 @@ pub struct AgentPort {
     /// Swap or redirect.
     #[serde(flatten)]
     pub mode: PortMode,
+    /// Made for http intercepts: the agent routes HTTP request by request
+    /// even while no intercept holds the port. Once set it stays until
+    /// uninstall, so developers whose files differ never undo each other.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http: bool,
 }
 
 /// The agent's image and settings, from the project file's `agent` table.
@@ -82,12 +87,15 @@ pub struct PortRequest {
     pub app_port: u16,
     /// Swap or redirect.
     pub mode: PortMode,
+    /// Wanted by an http intercept.
+    pub http: bool,
 }
 
 /// The agent's ports after adding `requests` to `existing`: existing ports
 /// keep their agent port; new ones get the lowest free port from 9901 on,
 /// skipping every port the pod declares and the gRPC port. A port wanted
-/// both ways becomes a redirect, which serves both kinds of Service.
+/// both ways becomes a redirect, which serves both kinds of Service; a port
+/// any http intercept wants is marked http.
 pub fn merge_ports(
     original: &PodTemplateSpec,
     existing: &[AgentPort],
@@ -106,6 +114,7 @@ pub fn merge_ports(
             if req.mode == PortMode::Redirect {
                 p.mode = PortMode::Redirect;
             }
+            p.http |= req.http;
             continue;
         }
         let agent_port = (FIRST_AGENT_PORT..=u16::MAX)
@@ -117,6 +126,7 @@ pub fn merge_ports(
             app_port: req.app_port,
             agent_port,
             mode: req.mode.clone(),
+            http: req.http,
         });
     }
     ports
@@ -286,7 +296,10 @@ fn agent_container(
     forwards.sort_by_key(|p| p.agent_port);
     let forwards = forwards
         .iter()
-        .map(|p| format!("{}={}", p.agent_port, p.app_port))
+        .map(|p| {
+            let options = if p.http { "/http" } else { "" };
+            format!("{}={}{options}", p.agent_port, p.app_port)
+        })
         .collect::<Vec<_>>();
     let mut env = vec![
         plain("TPR_AGENT_GRPC_PORT", spec.grpc_port.to_string()),

@@ -22,6 +22,11 @@ use super::state::{InterceptState, State, StatePaths};
 /// `namespace/Kind/name`: one agent (one session) per workload.
 type WorkloadId = String;
 
+/// An http intercept: its ports are installed as http ports.
+fn is_http(i: &Intercept) -> bool {
+    matches!(i.mechanism, tpr_schema::Mechanism::Http(_))
+}
+
 fn workload_id(r: &Resolved) -> WorkloadId {
     format!(
         "{}/{}",
@@ -161,14 +166,12 @@ impl Manager {
             });
             let mut requests: Vec<_> = items
                 .iter()
-                .flat_map(|(_, rs)| rs.iter().map(Resolved::port_request))
+                .flat_map(|(i, rs)| rs.iter().map(|r| r.port_request(is_http(i))))
                 .collect();
-            requests.extend(
-                self.active
-                    .values()
-                    .filter(|a| a.link == id)
-                    .flat_map(|a| a.resolved.iter().map(Resolved::port_request)),
-            );
+            requests.extend(self.active.values().filter(|a| a.link == id).flat_map(|a| {
+                let http = is_http(&a.intercept);
+                a.resolved.iter().map(move |r| r.port_request(http))
+            }));
             let progress = Display::for_events(self.events);
             let started = Instant::now();
             let outcome = k8s::install(

@@ -75,7 +75,7 @@ fn named_target_port_swaps() {
     );
     assert_eq!(r.service_port.identifier(), "web");
     assert!(!r.headless);
-    assert_eq!(r.port_request().app_port, 8080);
+    assert_eq!(r.port_request(false).app_port, 8080);
 }
 
 #[test]
@@ -294,6 +294,7 @@ fn an_installed_agent_is_seen_through() {
             mode: PortMode::Swap {
                 name: "http".into(),
             },
+            http: false,
         }],
         9900,
     );

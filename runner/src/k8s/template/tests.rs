@@ -31,6 +31,7 @@ fn swap(name: &str, port: u16) -> PortRequest {
         container: "app".into(),
         app_port: port,
         mode: PortMode::Swap { name: name.into() },
+        http: false,
     }
 }
 
@@ -39,6 +40,7 @@ fn redirect(port: u16) -> PortRequest {
         container: "app".into(),
         app_port: port,
         mode: PortMode::Redirect,
+        http: false,
     }
 }
 
@@ -318,6 +320,51 @@ fn a_port_wanted_by_a_headless_service_too_becomes_a_redirect() {
 }
 
 #[test]
+fn a_port_an_http_intercept_wants_stays_an_http_port() {
+    let http = PortRequest {
+        http: true,
+        ..swap("http", 8080)
+    };
+    let ports = merge_ports(
+        &template(),
+        &[],
+        std::slice::from_ref(&http),
+        DEFAULT_GRPC_PORT,
+    );
+    assert!(ports[0].http);
+    let t = patch_template(
+        &template(),
+        &AgentSpec::default(),
+        &ports,
+        "deployment/hello",
+    )
+    .unwrap();
+    assert_eq!(
+        env(container(&t, AGENT_CONTAINER), "TPR_AGENT_FORWARDS")
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("9901=8080/http")
+    );
+    // A tcp intercept on it later (another developer's file) keeps it http:
+    // nothing to roll out, nobody's personal intercepts broken.
+    let again = merge_ports(
+        &template(),
+        &ports,
+        &[swap("http", 8080)],
+        DEFAULT_GRPC_PORT,
+    );
+    assert_eq!(again, ports);
+    // And a tcp port becomes http when an http intercept first wants it.
+    let plain = merge_ports(&template(), &[], &[swap("http", 8080)], DEFAULT_GRPC_PORT);
+    assert!(!plain[0].http);
+    assert_eq!(
+        merge_ports(&template(), &plain, &[http], DEFAULT_GRPC_PORT),
+        ports
+    );
+}
+
+#[test]
 fn agent_ports_skip_ports_the_pod_uses() {
     let mut t = template();
     t.spec.as_mut().unwrap().containers[0]
@@ -370,6 +417,7 @@ fn agent_ports_annotation_format() {
         mode: PortMode::Swap {
             name: "http".into(),
         },
+        http: false,
     };
     let s = serde_json::to_value(&p).unwrap();
     assert_eq!(
@@ -384,6 +432,14 @@ fn agent_ports_annotation_format() {
     assert_eq!(
         serde_json::from_value::<AgentPort>(serde_json::to_value(&r).unwrap()).unwrap(),
         r
+    );
+    // `http` is written only when set; annotations written before it read
+    // as plain ports.
+    let h = AgentPort { http: true, ..r };
+    assert_eq!(serde_json::to_value(&h).unwrap()["http"], true);
+    assert_eq!(
+        serde_json::from_value::<AgentPort>(serde_json::to_value(&h).unwrap()).unwrap(),
+        h
     );
 }
 
