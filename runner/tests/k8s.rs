@@ -9,8 +9,8 @@ use std::time::Duration;
 use k8s_support::*;
 use serde_json::json;
 use tpr::k8s::{
-    self, AgentSpec, Cluster, ClusterOptions, InterceptTarget, K8sError, PortId, PortMode,
-    RolloutOptions, Workload, WorkloadKind,
+    self, AgentSpec, Cluster, ClusterOptions, InstallOutcome, InterceptTarget, K8sError, PortId,
+    PortMode, RolloutOptions, Workload, WorkloadKind,
 };
 
 fn target(
@@ -29,6 +29,18 @@ fn target(
 }
 
 fn quiet(_: &str) {}
+
+/// Resolves `workload` (its only Service port) and installs the agent for it.
+async fn install_one(
+    c: &Cluster,
+    n: &str,
+    workload: &str,
+    spec: &AgentSpec,
+    opts: &RolloutOptions,
+) -> Result<InstallOutcome, K8sError> {
+    let r = k8s::resolve(c, &target(n, workload, None, None)).await?;
+    k8s::install(c, &r.workload, &[r.port_request(false)], spec, opts, &quiet).await
+}
 
 fn opts() -> RolloutOptions {
     RolloutOptions {
@@ -509,19 +521,9 @@ async fn crash_loop_reports_the_exit() {
         pull_policy: "Never".into(),
         ..Default::default()
     };
-    let r = k8s::resolve(&c, &target(n, "app", None, None))
+    let err = install_one(&c, n, "app", &crashing, &opts())
         .await
-        .unwrap();
-    let err = k8s::install(
-        &c,
-        &r.workload,
-        &[r.port_request(false)],
-        &crashing,
-        &opts(),
-        &quiet,
-    )
-    .await
-    .unwrap_err();
+        .unwrap_err();
     let msg = err.to_string();
     assert!(
         matches!(&err, K8sError::Stuck { problem, .. } if problem.reason == "CrashLoopBackOff"),
@@ -545,19 +547,9 @@ async fn bare_replicaset_pods_are_replaced() {
     let old = wait_ready(&c, n, "app=bare", 1).await;
     let before = get_json(&c, n, "apps/v1", "ReplicaSet", "bare").await;
     // The stuck pod can only be a new one: the old pod was deleted to get it.
-    let r = k8s::resolve(&c, &target(n, "bare", None, None))
+    let err = install_one(&c, n, "bare", &missing_agent(), &opts())
         .await
-        .unwrap();
-    let err = k8s::install(
-        &c,
-        &r.workload,
-        &[r.port_request(false)],
-        &missing_agent(),
-        &opts(),
-        &quiet,
-    )
-    .await
-    .unwrap_err();
+        .unwrap_err();
     let K8sError::Stuck { pod, problem, .. } = &err else {
         panic!("{err}")
     };
@@ -699,19 +691,9 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
     let before = get_json(&c, n, "apps/v1", "Deployment", "app").await;
 
     let viewer = as_service_account(&c, n, "viewer").await;
-    let r = k8s::resolve(&viewer, &target(n, "app", None, None))
+    let err = install_one(&viewer, n, "app", &missing_agent(), &opts())
         .await
-        .unwrap();
-    let err = k8s::install(
-        &viewer,
-        &r.workload,
-        &[r.port_request(false)],
-        &missing_agent(),
-        &opts(),
-        &quiet,
-    )
-    .await
-    .unwrap_err();
+        .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.starts_with(&format!(
@@ -734,19 +716,9 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
     // template, watch pods, roll back, port-forward, uninstall.
     let dev = as_service_account(&c, n, "dev").await;
     k8s::list(&dev, n).await.unwrap();
-    let r = k8s::resolve(&dev, &target(n, "app", None, None))
+    let err = install_one(&dev, n, "app", &missing_agent(), &opts())
         .await
-        .unwrap();
-    let err = k8s::install(
-        &dev,
-        &r.workload,
-        &[r.port_request(false)],
-        &missing_agent(),
-        &opts(),
-        &quiet,
-    )
-    .await
-    .unwrap_err();
+        .unwrap_err();
     assert!(
         matches!(
             &err,
@@ -804,19 +776,9 @@ async fn rbac_role_is_enough_and_a_missing_right_is_named() {
         .name
         .clone()
         .unwrap();
-    let r = k8s::resolve(&dev, &target(n, "bare", None, None))
+    let err = install_one(&dev, n, "bare", &missing_agent(), &opts())
         .await
-        .unwrap();
-    let err = k8s::install(
-        &dev,
-        &r.workload,
-        &[r.port_request(false)],
-        &missing_agent(),
-        &opts(),
-        &quiet,
-    )
-    .await
-    .unwrap_err();
+        .unwrap_err();
     let K8sError::Stuck { pod, rollback, .. } = &err else {
         panic!("{err}")
     };
@@ -838,19 +800,7 @@ async fn unschedulable_agent_is_reported() {
         resources: Some(huge),
         ..missing_agent()
     };
-    let r = k8s::resolve(&c, &target(n, "app", None, None))
-        .await
-        .unwrap();
-    let err = k8s::install(
-        &c,
-        &r.workload,
-        &[r.port_request(false)],
-        &spec,
-        &opts(),
-        &quiet,
-    )
-    .await
-    .unwrap_err();
+    let err = install_one(&c, n, "app", &spec, &opts()).await.unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("Unschedulable: 0/1 nodes are available") && msg.contains("Insufficient cpu"),
@@ -914,19 +864,7 @@ async fn failing_init_container_is_reported_with_its_output() {
         pull_policy: "Never".into(),
         ..Default::default()
     };
-    let r = k8s::resolve(&c, &target(n, "app", None, None))
-        .await
-        .unwrap();
-    let err = k8s::install(
-        &c,
-        &r.workload,
-        &[r.port_request(false)],
-        &spec,
-        &opts(),
-        &quiet,
-    )
-    .await
-    .unwrap_err();
+    let err = install_one(&c, n, "app", &spec, &opts()).await.unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("container tpr-agent-init: Error: init container exited with code 1"),
