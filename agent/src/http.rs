@@ -1,6 +1,6 @@
-//! HTTP routing on an http-intercepted port. The agent serves the
-//! downstream connection itself (HTTP/1.1 or h2c) and routes every request
-//! on its own: a request that matches an intercept goes to that session's
+//! HTTP routing on an http-intercepted port, or on a port installed for
+//! http intercepts while none is active. The agent serves the downstream
+//! connection itself (HTTP/1.1 or h2c) and routes every request on its own: a request that matches an intercept goes to that session's
 //! workstation through a tunnel stream, the rest to the app. Each
 //! destination gets one upstream connection per downstream connection,
 //! speaking the downstream's protocol and reused across its requests.
