@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper::client::conn::{TrySendError, http1 as client1, http2 as client2};
 use hyper::server::conn::{http1 as server1, http2 as server2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -108,7 +108,7 @@ impl Conn {
         let result = match &intercept {
             None => {
                 let port = self.app_port;
-                let dial = async move {
+                let dial = || async move {
                     dial_app(port)
                         .await
                         .map_err(|source| ForwardError::App { port, source })
@@ -117,8 +117,8 @@ impl Conn {
             }
             Some(i) => {
                 let upstream = self.tunnel(i);
-                let registry = self.registry.clone();
-                let dial = async move {
+                let registry = &self.registry;
+                let dial = || async move {
                     match registry.hand_off(i).await {
                         Ok((inbound, outbound)) => Ok(Pipe::new(inbound, outbound)),
                         Err(source) => Err(ForwardError::Workstation {
@@ -191,7 +191,25 @@ enum Sender {
     H2(client2::SendRequest<Incoming>),
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = hyper::Result<Response<Incoming>>> + Send>>;
+type ResponseFuture = Pin<
+    Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<Incoming>>>> + Send>,
+>;
+
+impl Sender {
+    async fn ready(&mut self) -> bool {
+        match self {
+            Sender::H1(s) => s.ready().await.is_ok(),
+            Sender::H2(s) => s.ready().await.is_ok(),
+        }
+    }
+
+    fn try_send(&mut self, req: Request<Incoming>) -> ResponseFuture {
+        match self {
+            Sender::H1(s) => Box::pin(s.try_send_request(req)),
+            Sender::H2(s) => Box::pin(s.try_send_request(req)),
+        }
+    }
+}
 
 /// A lazily dialed upstream connection, dialed again when it closed.
 #[derive(Default)]
@@ -207,7 +225,11 @@ impl Upstream {
             .is_some_and(CancellationToken::is_cancelled)
     }
 
-    async fn send<IO, D>(
+    /// Sends `req` and waits for the answer. Apps close idle keep-alive
+    /// connections whenever they like; when that close beats the request,
+    /// hyper hands the unwritten request back and it goes once more on a
+    /// new connection (a request already written is never sent twice).
+    async fn send<IO, D, F>(
         &self,
         h2: bool,
         req: Request<Incoming>,
@@ -216,25 +238,44 @@ impl Upstream {
     ) -> Result<Response<Incoming>, ForwardError>
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        D: Future<Output = Result<IO, ForwardError>>,
+        D: Fn() -> F,
+        F: Future<Output = Result<IO, ForwardError>>,
     {
-        let response: ResponseFuture = {
-            let mut slot = self.slot.lock().await;
-            let reusable = match slot.as_mut() {
-                Some(Sender::H1(s)) => s.ready().await.is_ok(),
-                Some(Sender::H2(s)) => s.ready().await.is_ok(),
-                None => false,
-            };
-            if !reusable {
-                *slot = Some(handshake(h2, dial.await?, ended).await?);
-            }
-            match slot.as_mut() {
-                Some(Sender::H1(s)) => Box::pin(s.send_request(req)),
-                Some(Sender::H2(s)) => Box::pin(s.send_request(req)),
-                None => unreachable!("the slot was just filled"),
-            }
+        let unsent = match self.dispatch(h2, req, &dial, &ended).await?.await {
+            Ok(response) => return Ok(response),
+            Err(mut e) => e.take_message().ok_or(e),
         };
-        response.await.map_err(ForwardError::Upstream)
+        let result = match unsent {
+            Ok(req) => self.dispatch(h2, req, &dial, &ended).await?.await,
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| ForwardError::Upstream(e.into_error()))
+    }
+
+    /// Hands `req` to the connection, dialing one if there is none or it
+    /// closed. The lock is not held while the answer is awaited: h2
+    /// requests share the connection.
+    async fn dispatch<IO, D, F>(
+        &self,
+        h2: bool,
+        req: Request<Incoming>,
+        dial: &D,
+        ended: &Option<CancellationToken>,
+    ) -> Result<ResponseFuture, ForwardError>
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        D: Fn() -> F,
+        F: Future<Output = Result<IO, ForwardError>>,
+    {
+        let mut slot = self.slot.lock().await;
+        let reusable = match slot.as_mut() {
+            Some(s) => s.ready().await,
+            None => false,
+        };
+        if !reusable {
+            *slot = Some(handshake(h2, dial().await?, ended.clone()).await?);
+        }
+        Ok(slot.as_mut().expect("connected above").try_send(req))
     }
 }
 

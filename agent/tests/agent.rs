@@ -214,6 +214,45 @@ async fn a_connection_opened_before_a_personal_intercept_is_routed_by_it() {
     }
 }
 
+/// Apps close idle keep-alive connections (Node after 5 s, Go on its idle
+/// timeout); on an http port the agent holds the client's connection and
+/// dials the app again, so a close that races the next request never
+/// becomes a 502. Here the app closes every connection after one answer,
+/// without saying so.
+#[tokio::test]
+async fn an_app_closing_its_keep_alive_connections_costs_no_request() {
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = app.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let agent = Agent::start_http(&[app_port]).await;
+    let mut client = H1::connect(agent.port_for(app_port)).await;
+    for round in 0..300 {
+        let (status, body) = client.get("/", &[]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "ok"),
+            "round {round}"
+        );
+    }
+}
+
 /// Through a port made for http intercepts the app's exchange stays as it
 /// was: header names keep their case both ways and no header is added.
 #[tokio::test]
