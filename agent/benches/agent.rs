@@ -1,7 +1,8 @@
 //! The agent's figures, each path measured in one run against a direct
 //! connection: round-trip latency (p50, p99) of a small HTTP request,
-//! throughput of a 1 GiB transfer, HTTP keep-alive requests per second, and
-//! the agent's RSS idle and with 1,000 open connections.
+//! throughput of a 1 GiB transfer (client to server, `throughput_*`, and
+//! server to client, `throughput_download_*`), HTTP keep-alive requests per
+//! second, and the agent's RSS idle and with 1,000 open connections.
 //!
 //! Paths: `direct` (client -> server), `passthrough` (client -> agent ->
 //! app, no intercept), `intercepted` (client -> agent -> gRPC tunnel ->
@@ -72,14 +73,18 @@ async fn http_server() -> SocketAddr {
     addr
 }
 
-/// Reads everything, then answers the byte count (8 bytes, big endian).
-/// Also serves as the 1,000-connection target: a connection that sends
-/// nothing just stays open. A thread per connection with blocking calls, as
-/// a plain server process: the transfer figures must not depend on where a
-/// runtime happens to schedule the client and the sink.
 /// Connections the sinks accepted so far.
 static SINK_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+/// First byte of a download request, followed by the length (8 bytes, big
+/// endian). Uploads send 0x5a bytes.
+const DOWNLOAD: u8 = b'd';
 
+/// Reads everything, then answers the byte count (8 bytes, big endian); or,
+/// asked with DOWNLOAD, sends that many bytes and closes. Also serves as the
+/// 1,000-connection target: a connection that sends nothing just stays open.
+/// A thread per connection with blocking calls, as a plain server process:
+/// the transfer figures must not depend on where a runtime happens to
+/// schedule the client and the sink.
 async fn sink_server() -> SocketAddr {
     // Bound by tokio for its backlog of 1,024 (std's 128 would drop SYNs
     // of the 1,000 connections opened at once).
@@ -97,8 +102,19 @@ async fn sink_server() -> SocketAddr {
                 .stack_size(64 << 10)
                 .spawn(move || {
                     SINK_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+                    let mut first = [0u8; 1];
+                    if tcp.read_exact(&mut first).is_err() {
+                        return;
+                    }
+                    if first[0] == DOWNLOAD {
+                        let mut len = [0u8; 8];
+                        if tcp.read_exact(&mut len).is_ok() {
+                            send_bytes(&mut tcp, u64::from_be_bytes(len));
+                        }
+                        return;
+                    }
                     let mut buf = vec![0u8; IO_BUFFER];
-                    let mut total = 0u64;
+                    let mut total = 1u64;
                     while let Ok(n @ 1..) = tcp.read(&mut buf) {
                         total += n as u64;
                     }
@@ -175,20 +191,47 @@ async fn requests_per_second(addr: SocketAddr, headers: &[(&'static str, String)
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Writes `bytes` bytes (0x5a) in IO_BUFFER pieces.
+fn send_bytes(tcp: &mut std::net::TcpStream, bytes: u64) {
+    let buf = vec![0x5au8; IO_BUFFER];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        tcp.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+}
+
+/// MiB/s of receiving `bytes` from the sink, from a thread of its own.
+async fn download(addr: SocketAddr, bytes: u64) -> f64 {
+    tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let start = Instant::now();
+        let mut ask = vec![DOWNLOAD];
+        ask.extend_from_slice(&bytes.to_be_bytes());
+        tcp.write_all(&ask).unwrap();
+        let mut buf = vec![0u8; IO_BUFFER];
+        let mut total = 0u64;
+        while let Ok(n @ 1..) = tcp.read(&mut buf) {
+            total += n as u64;
+        }
+        let took = start.elapsed().as_secs_f64();
+        assert_eq!(total, bytes, "every byte arrived");
+        bytes as f64 / (1 << 20) as f64 / took
+    })
+    .await
+    .unwrap()
+}
+
 /// MiB/s of sending `bytes` and receiving the sink's count, from a thread
 /// of its own with blocking calls (see `sink_server`).
 async fn throughput(addr: SocketAddr, bytes: u64) -> f64 {
     tokio::task::spawn_blocking(move || {
         let mut tcp = std::net::TcpStream::connect(addr).unwrap();
         tcp.set_nodelay(true).unwrap();
-        let buf = vec![0x5au8; IO_BUFFER];
         let start = Instant::now();
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            tcp.write_all(&buf[..n]).unwrap();
-            left -= n as u64;
-        }
+        send_bytes(&mut tcp, bytes);
         tcp.shutdown(std::net::Shutdown::Write).unwrap();
         let mut count = [0u8; 8];
         tcp.read_exact(&mut count).unwrap();
@@ -386,6 +429,7 @@ async fn run() {
     // Throughput: rounds interleave the three paths so that load from other
     // processes hits them alike; each figure is the median of its rounds.
     let (mut t_direct, mut t_pass, mut t_icpt) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut d_direct, mut d_pass, mut d_icpt) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_pass, mut cpu_icpt) = (0.0, 0.0);
     let (mut own_direct, mut own_icpt) = (0.0, 0.0);
     let me = std::process::id();
@@ -396,6 +440,8 @@ async fn run() {
         let cpu = cpu_seconds(pid);
         t_pass.push(throughput(front_sink, bytes).await);
         cpu_pass += cpu_seconds(pid) - cpu;
+        d_direct.push(download(app_sink, bytes).await);
+        d_pass.push(download(front_sink, bytes).await);
         session
             .create_intercept(tcp_intercept.clone())
             .await
@@ -404,11 +450,13 @@ async fn run() {
         t_icpt.push(throughput(front_sink, bytes).await);
         own_icpt += cpu_seconds(me) - own;
         cpu_icpt += cpu_seconds(pid) - cpu;
+        d_icpt.push(download(front_sink, bytes).await);
         session.remove_intercept("tcp").await.unwrap();
     }
     let rounds = THROUGHPUT_ROUNDS as f64;
     let (cpu_pass, cpu_icpt) = (cpu_pass / rounds, cpu_icpt / rounds);
     let (t_direct, t_pass, t_icpt) = (median(t_direct), median(t_pass), median(t_icpt));
+    let (d_direct, d_pass, d_icpt) = (median(d_direct), median(d_pass), median(d_icpt));
     session.remove_intercept("http").await.unwrap();
     let passthrough = latency(front_http, &[]).await;
 
@@ -458,6 +506,20 @@ async fn run() {
     figure(
         "throughput_intercepted_of_direct",
         100.0 * t_icpt / t_direct,
+        "%",
+    );
+    // The other direction: the app (or the workstation) sends.
+    figure("throughput_download_direct", d_direct, "MiB/s");
+    figure("throughput_download_passthrough", d_pass, "MiB/s");
+    figure("throughput_download_intercepted", d_icpt, "MiB/s");
+    figure(
+        "throughput_download_passthrough_of_direct",
+        100.0 * d_pass / d_direct,
+        "%",
+    );
+    figure(
+        "throughput_download_intercepted_of_direct",
+        100.0 * d_icpt / d_direct,
         "%",
     );
     let gib = bytes as f64 / (1u64 << 30) as f64;
