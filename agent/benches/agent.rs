@@ -269,6 +269,20 @@ fn cpu_seconds(pid: u32) -> f64 {
     (f[11] + f[12]) / 100.0
 }
 
+/// One direction's MiB/s on the three paths, and each path's % of direct.
+fn throughput_figures(name: &str, direct: f64, passthrough: f64, intercepted: f64) {
+    figure(&format!("{name}_direct"), direct, "MiB/s");
+    figure(&format!("{name}_passthrough"), passthrough, "MiB/s");
+    figure(&format!("{name}_intercepted"), intercepted, "MiB/s");
+    for (path, value) in [("passthrough", passthrough), ("intercepted", intercepted)] {
+        figure(
+            &format!("{name}_{path}_of_direct"),
+            100.0 * value / direct,
+            "%",
+        );
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -495,33 +509,9 @@ async fn run() {
         intercepted.0 - direct.0,
         "us",
     );
-    figure("throughput_direct", t_direct, "MiB/s");
-    figure("throughput_passthrough", t_pass, "MiB/s");
-    figure("throughput_intercepted", t_icpt, "MiB/s");
-    figure(
-        "throughput_passthrough_of_direct",
-        100.0 * t_pass / t_direct,
-        "%",
-    );
-    figure(
-        "throughput_intercepted_of_direct",
-        100.0 * t_icpt / t_direct,
-        "%",
-    );
+    throughput_figures("throughput", t_direct, t_pass, t_icpt);
     // The other direction: the app (or the workstation) sends.
-    figure("throughput_download_direct", d_direct, "MiB/s");
-    figure("throughput_download_passthrough", d_pass, "MiB/s");
-    figure("throughput_download_intercepted", d_icpt, "MiB/s");
-    figure(
-        "throughput_download_passthrough_of_direct",
-        100.0 * d_pass / d_direct,
-        "%",
-    );
-    figure(
-        "throughput_download_intercepted_of_direct",
-        100.0 * d_icpt / d_direct,
-        "%",
-    );
+    throughput_figures("throughput_download", d_direct, d_pass, d_icpt);
     let gib = bytes as f64 / (1u64 << 30) as f64;
     figure("agent_cpu_per_gib_passthrough", cpu_pass / gib, "s");
     figure("agent_cpu_per_gib_intercepted", cpu_icpt / gib, "s");
