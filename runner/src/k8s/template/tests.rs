@@ -58,8 +58,13 @@ fn env<'a>(c: &'a Container, name: &str) -> Option<&'a k8s_openapi::api::core::v
     c.env.iter().flatten().find(|e| e.name == name)
 }
 
+/// The agent's ports after adding `requests` to `existing` in `template()`.
+fn add(existing: &[AgentPort], requests: &[PortRequest]) -> Vec<AgentPort> {
+    merge_ports(&template(), existing, requests, DEFAULT_GRPC_PORT)
+}
+
 fn patched(requests: &[PortRequest]) -> (Vec<AgentPort>, PodTemplateSpec) {
-    let ports = merge_ports(&template(), &[], requests, DEFAULT_GRPC_PORT);
+    let ports = add(&[], requests);
     let t = patch_template(
         &template(),
         &AgentSpec::default(),
@@ -254,12 +259,7 @@ fn numeric_port_gets_the_init_container() {
 #[test]
 fn installing_again_with_the_same_ports_changes_nothing() {
     let (ports, t) = patched(&[swap("http", 8080)]);
-    let again = merge_ports(
-        &template(),
-        &ports,
-        &[swap("http", 8080)],
-        DEFAULT_GRPC_PORT,
-    );
+    let again = add(&ports, &[swap("http", 8080)]);
     assert_eq!(again, ports);
     let t2 = patch_template(
         &template(),
@@ -281,7 +281,7 @@ fn installing_again_with_the_same_ports_changes_nothing() {
 #[test]
 fn a_second_port_extends_the_agent() {
     let (ports, _) = patched(&[swap("http", 8080)]);
-    let more = merge_ports(&template(), &ports, &[redirect(8081)], DEFAULT_GRPC_PORT);
+    let more = add(&ports, &[redirect(8081)]);
     assert_eq!(more[0], ports[0], "the first port keeps its agent port");
     assert_eq!((more[1].app_port, more[1].agent_port), (8081, 9902));
     let t = patch_template(
@@ -311,7 +311,7 @@ fn a_second_port_extends_the_agent() {
 #[test]
 fn a_port_wanted_by_a_headless_service_too_becomes_a_redirect() {
     let (ports, _) = patched(&[swap("http", 8080)]);
-    let both = merge_ports(&template(), &ports, &[redirect(8080)], DEFAULT_GRPC_PORT);
+    let both = add(&ports, &[redirect(8080)]);
     assert_eq!(both.len(), 1);
     assert_eq!(
         (both[0].agent_port, &both[0].mode),
@@ -325,20 +325,8 @@ fn a_port_an_http_intercept_wants_stays_an_http_port() {
         http: true,
         ..swap("http", 8080)
     };
-    let ports = merge_ports(
-        &template(),
-        &[],
-        std::slice::from_ref(&http),
-        DEFAULT_GRPC_PORT,
-    );
+    let (ports, t) = patched(std::slice::from_ref(&http));
     assert!(ports[0].http);
-    let t = patch_template(
-        &template(),
-        &AgentSpec::default(),
-        &ports,
-        "deployment/hello",
-    )
-    .unwrap();
     assert_eq!(
         env(container(&t, AGENT_CONTAINER), "TPR_AGENT_FORWARDS")
             .unwrap()
@@ -348,20 +336,12 @@ fn a_port_an_http_intercept_wants_stays_an_http_port() {
     );
     // A tcp intercept on it later (another developer's file) keeps it http:
     // nothing to roll out, nobody's personal intercepts broken.
-    let again = merge_ports(
-        &template(),
-        &ports,
-        &[swap("http", 8080)],
-        DEFAULT_GRPC_PORT,
-    );
+    let again = add(&ports, &[swap("http", 8080)]);
     assert_eq!(again, ports);
     // And a tcp port becomes http when an http intercept first wants it.
-    let plain = merge_ports(&template(), &[], &[swap("http", 8080)], DEFAULT_GRPC_PORT);
+    let plain = add(&[], &[swap("http", 8080)]);
     assert!(!plain[0].http);
-    assert_eq!(
-        merge_ports(&template(), &plain, &[http], DEFAULT_GRPC_PORT),
-        ports
-    );
+    assert_eq!(add(&plain, &[http]), ports);
 }
 
 #[test]
