@@ -186,3 +186,66 @@ async fn pod_replaced(c: &Cluster, ns: &str) -> Result<()> {
 async fn deleted_pod_is_replaced_by_its_controller() {
     in_namespace!("smoke-rs", pod_replaced);
 }
+
+/// The mounts of /proc/self/mountinfo as (id, parent id, mount point,
+/// optional fields, fs type).
+fn mounts() -> Vec<(String, String, String, String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let fs = right.split(' ').next()?;
+            let optional = f.get(6..).map(|o| o.join(" ")).unwrap_or_default();
+            Some((f[0].into(), f[1].into(), f[4].into(), optional, fs.into()))
+        })
+        .collect()
+}
+
+/// `ip netns add` makes /run/netns a shared bind mount of itself when it is
+/// not one yet; pod network namespaces mounted before that stay hidden
+/// under it and their pods can never be deleted (the kubelet's "remove
+/// netns: ... device or resource busy"). tests/cluster/up prepares the
+/// mount before containerd starts: a pod created before a test that makes a
+/// network namespace is deleted after it.
+async fn netns_pod_deletable(c: &Cluster, ns: &str) -> Result<()> {
+    let top = mounts()
+        .into_iter()
+        .rfind(|m| m.2 == "/run/netns")
+        .expect("/run/netns is a mount point (tests/cluster/up makes it one)");
+    assert!(
+        top.3.contains("shared:"),
+        "/run/netns is not shared: {top:?}"
+    );
+    let hidden: Vec<_> = mounts()
+        .into_iter()
+        .filter(|m| m.4 == "nsfs" && m.2.starts_with("/run/netns/") && m.1 != top.0)
+        .collect();
+    assert!(
+        hidden.is_empty(),
+        "network namespaces hidden under /run/netns: {hidden:?}"
+    );
+
+    deploy_hello(c, ns).await?;
+    let pod = c.ready_pods(ns, "app=hello").await?.remove(0);
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let netns = format!("tpr-smoke-{ns}");
+    for args in [["netns", "add", &netns], ["netns", "del", &netns]] {
+        let status = std::process::Command::new("ip").args(args).status()?;
+        assert!(status.success(), "ip {args:?} failed (run as root)");
+    }
+    let pods = Api::<Pod>::namespaced(c.client.clone(), ns);
+    pods.delete(&name, &DeleteParams::default()).await?;
+    wait_for(&format!("pod {name} to be deleted"), READY, || async {
+        match pods.get_opt(&name).await? {
+            Some(_) => Ok(None),
+            None => Ok(Some(())),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_pod_from_before_ip_netns_add_is_deletable_after_it() {
+    in_namespace!("smoke-netns", netns_pod_deletable);
+}

@@ -44,14 +44,26 @@ spec:
 
 /// Runs `tpr up --once` on `toml`; asserts it fails naming `expected`,
 /// and that nothing was installed.
-async fn fails(c: &Cluster, ns: &str, toml: &str, expected: &[&str], env: &[(&str, &str)]) {
+pub(crate) async fn fails(
+    c: &Cluster,
+    ns: &str,
+    toml: &str,
+    expected: &[&str],
+    env: &[(&str, &str)],
+) {
     let before = template_json(c, ns, "hello").await.ok();
     let project = ProjectDir::new(toml);
     let out = project.tpr_env(&["up", "--once"], env);
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
+    // The message as one line: the terminal renderer wraps long ones.
+    let flat = all
+        .split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ");
     for e in expected {
-        assert!(all.contains(e), "expected {e:?} in\n{all}");
+        assert!(flat.contains(e), "expected {e:?} in\n{all}");
     }
     assert_eq!(
         template_json(c, ns, "hello").await.ok(),
@@ -129,5 +141,40 @@ pub async fn errors(c: &Cluster, ns: &str) -> Result<()> {
     let unknown_context = bare_project(ns, "hello", &format!("{p}:http"), "")
         .replace("[cluster]\n", "[cluster]\ncontext = \"nope\"\n");
     fails(c, ns, &unknown_context, &["context `nope`"], &[]).await;
+    Ok(())
+}
+
+/// A `to_pod` port another program holds on the workstation: the error
+/// says it is this machine's, says the cause once, and how to fix it.
+pub async fn to_pod_port_taken(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    let project = ProjectDir::new(&bare_project(
+        ns,
+        "hello",
+        &format!("{}:http", free_port()),
+        &format!("to_pod = [{port}]"),
+    ));
+    let out = project.tpr(&["up", "--once"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (once, what) in [
+        ("on this workstation:", "the side"),
+        (
+            &format!("cannot listen on 127.0.0.1:{port}") as &str,
+            "the failure",
+        ),
+        ("in use", "the cause"),
+    ] {
+        assert_eq!(stderr.matches(once).count(), 1, "{what} once: {all}");
+    }
+    assert!(
+        !stderr.contains("traffic agent in pod"),
+        "not the agent's failure: {all}"
+    );
+    assert!(stderr.contains(&format!("free port {port}")), "{all}");
+    drop(taken);
     Ok(())
 }

@@ -2,13 +2,16 @@
 //! deploys real workloads in its own namespace, runs the real `tpr`, sends
 //! real requests from a client pod and checks where they arrive.
 
+mod admission;
 mod env;
 mod errors;
 mod json;
 mod lifecycle;
 mod rbac;
+mod replicas;
 mod support;
 mod variants;
+mod watch;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -411,6 +414,11 @@ async fn a_file_edit_ends_only_the_intercept_that_left() {
 }
 
 #[tokio::test]
+async fn every_replica_routes_through_scaling_a_reapplied_manifest_and_a_replaced_template() {
+    in_namespace!("up-replicas", (replicas::replicas));
+}
+
+#[tokio::test]
 async fn a_restarted_agent_pod_is_reconnected_and_the_intercept_restored() {
     in_namespace!("up-reconnect", (lifecycle::reconnect));
 }
@@ -423,4 +431,24 @@ async fn forbidden_requests_name_the_missing_right_and_change_nothing() {
 #[tokio::test]
 async fn up_output_json_streams_events_and_leave_restarts_without_the_env() {
     in_namespace!("up-json", (json::json));
+}
+
+#[tokio::test]
+async fn files_tpr_writes_itself_never_restart_a_process() {
+    watch::own_files().await;
+}
+
+#[tokio::test]
+async fn a_taken_to_pod_port_is_the_workstations_error_said_once() {
+    in_namespace!("up-topod", (errors::to_pod_port_taken));
+}
+
+#[tokio::test]
+async fn a_restricted_namespace_takes_a_named_port_and_refuses_a_numeric_one_before_any_change() {
+    in_namespace!("up-restricted", (admission::restricted));
+}
+
+#[tokio::test]
+async fn a_quota_that_refuses_the_agents_pods_is_reported_and_rolled_back() {
+    in_namespace!("up-quota", (admission::quota));
 }

@@ -183,9 +183,15 @@ impl Up {
     /// Waits until stdout or stderr contains `text`; panics with both
     /// when `tpr up` exits first or the time runs out.
     pub async fn wait_for(&mut self, text: &str, timeout: Duration) {
+        self.wait_for_n(text, 1, timeout).await
+    }
+
+    /// Waits until stdout and stderr contain `text` `n` times in all; panics
+    /// with both when `tpr up` exits first or the time runs out.
+    pub async fn wait_for_n(&mut self, text: &str, n: usize, timeout: Duration) {
         let start = Instant::now();
         loop {
-            if self.stdout().contains(text) || self.stderr().contains(text) {
+            if self.stdout().matches(text).count() + self.stderr().matches(text).count() >= n {
                 return;
             }
             let exited = self

@@ -106,16 +106,35 @@ pub fn run(args: &StatusArgs) -> miette::Result<ExitCode> {
                         println!("Intercepts : none");
                     }
                     for i in &s.intercepts {
+                        let pods: Vec<&str> = i
+                            .pods
+                            .iter()
+                            .filter(|p| p.state == "ACTIVE")
+                            .map(|p| p.name.as_str())
+                            .collect();
                         println!(
-                            "Intercept  : {} {} {} in {} via pod {} [{}] {}",
+                            "Intercept  : {} {} {} in {} via pod{} {} [{}] {}",
                             i.name,
                             i.state,
                             i.workload,
                             i.namespace,
-                            i.pod.as_deref().unwrap_or("-"),
+                            if pods.len() == 1 { "" } else { "s" },
+                            if pods.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                pods.join(", ")
+                            },
                             i.mechanism,
                             i.ports.join(", ")
                         );
+                        for p in i.pods.iter().filter(|p| p.state != "ACTIVE") {
+                            println!(
+                                "             pod {} {}: {}",
+                                p.name,
+                                p.state,
+                                p.detail.as_deref().unwrap_or("-")
+                            );
+                        }
                     }
                 }
             }

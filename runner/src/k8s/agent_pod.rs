@@ -45,9 +45,19 @@ fn agent_of(containers: &[Container]) -> Option<&Container> {
     containers.iter().find(|c| c.name == AGENT_CONTAINER)
 }
 
-/// Finds a ready pod of the workload whose agent container matches the
-/// workload's template (so not a pod of an older template still terminating).
-pub async fn find_agent_pod(cluster: &Cluster, workload: &Workload) -> Result<AgentPod, K8sError> {
+/// A workload as it is now and its pods that are ready with its current
+/// agent (sorted by name; empty while the template has no agent).
+#[derive(Debug, Clone)]
+pub struct AgentPods {
+    pub workload: Workload,
+    pub pods: Vec<AgentPod>,
+    /// Every pod of the workload, ready or not.
+    pub total: usize,
+}
+
+/// Reads the workload and finds its ready pods whose agent container
+/// matches the template (so not pods of an older template still terminating).
+pub async fn agent_pods(cluster: &Cluster, workload: &Workload) -> Result<AgentPods, K8sError> {
     let ns = workload.metadata().namespace.clone().unwrap_or_default();
     let w = super::resolve::get_workload(cluster, workload.kind(), &ns, workload.name())
         .await?
@@ -56,14 +66,13 @@ pub async fn find_agent_pod(cluster: &Cluster, workload: &Workload) -> Result<Ag
             kind: Some(workload.kind()),
             namespace: ns.clone(),
         })?;
-    let no_pod = |detail: String| K8sError::NoAgentPod {
-        workload: w.display(),
-        namespace: ns.clone(),
-        detail: Some(detail),
-    };
     let template_spec = w.template().spec.clone().unwrap_or_default();
     let Some(agent) = agent_of(&template_spec.containers).filter(|_| w.has_agent()) else {
-        return Err(no_pod("the agent is not installed".into()));
+        return Ok(AgentPods {
+            workload: w,
+            pods: Vec::new(),
+            total: 0,
+        });
     };
     let wanted = agent_identity(agent);
     let grpc_port = agent
@@ -73,9 +82,9 @@ pub async fn find_agent_pod(cluster: &Cluster, workload: &Workload) -> Result<Ag
         .find(|e| e.name == "TPR_AGENT_GRPC_PORT")
         .and_then(|e| e.value.as_deref()?.parse().ok())
         .unwrap_or(super::DEFAULT_GRPC_PORT);
-    let pods = pods_of(cluster, &w).await?;
-    let total = pods.len();
-    let mut ready: Vec<&Pod> = pods
+    let all = pods_of(cluster, &w).await?;
+    let ports = w.agent_ports()?;
+    let mut pods: Vec<AgentPod> = all
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
@@ -92,16 +101,40 @@ pub async fn find_agent_pod(cluster: &Cluster, workload: &Workload) -> Result<Ag
                 .as_ref()
                 == Some(&wanted)
         })
+        .map(|p| AgentPod {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            namespace: ns.clone(),
+            grpc_port,
+            ports: ports.clone(),
+        })
         .collect();
-    ready.sort_by_key(|p| p.metadata.name.clone());
-    let pod = ready
-        .first()
-        .ok_or_else(|| no_pod(format!("{total} pods, none ready with the current agent")))?;
-    Ok(AgentPod {
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        namespace: ns,
-        grpc_port,
-        ports: w.agent_ports()?,
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(AgentPods {
+        workload: w,
+        pods,
+        total: all.len(),
+    })
+}
+
+/// Finds one ready pod of the workload with its current agent.
+pub async fn find_agent_pod(cluster: &Cluster, workload: &Workload) -> Result<AgentPod, K8sError> {
+    let found = agent_pods(cluster, workload).await?;
+    let w = &found.workload;
+    let no_pod = |detail: String| K8sError::NoAgentPod {
+        workload: w.display(),
+        namespace: w.metadata().namespace.clone().unwrap_or_default(),
+        detail: Some(detail),
+    };
+    let installed = w.has_agent()
+        && agent_of(&w.template().spec.clone().unwrap_or_default().containers).is_some();
+    if !installed {
+        return Err(no_pod("the agent is not installed".into()));
+    }
+    found.pods.into_iter().next().ok_or_else(|| {
+        no_pod(format!(
+            "{} pods, none ready with the current agent",
+            found.total
+        ))
     })
 }
 

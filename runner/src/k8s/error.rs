@@ -292,6 +292,22 @@ pub enum K8sError {
         workload: String,
     },
 
+    /// The namespace's Pod Security level forbids the init container that
+    /// redirected ports need; found before anything was changed.
+    #[error(
+        "namespace `{namespace}` enforces the `{level}` Pod Security Standard, which forbids the NET_ADMIN init container tpr needs to redirect port {port} of {workload} (the Service's targetPort is a number, or the Service is headless); nothing was changed. Instead, name the container port and set the Service's targetPort to that name (on a Service with a cluster IP): tpr then swaps port names and needs no privileges"
+    )]
+    PodSecurity {
+        /// The namespace.
+        namespace: String,
+        /// The enforced level (`baseline` or `restricted`).
+        level: String,
+        /// `kind/name` of the workload.
+        workload: String,
+        /// The app port that would be redirected.
+        port: u16,
+    },
+
     /// A pod of the rollout cannot start; waiting longer would not help.
     #[error("rollout of {workload} is stuck: pod {pod}: {problem}; {rollback}")]
     Stuck {

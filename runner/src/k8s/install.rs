@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+use super::drift::user_template;
 use super::resolve::get_workload;
 use super::rollout::{RolloutOptions, replace_stale_pods, roll_out, write};
 use super::template::{AgentPort, AgentSpec, PortRequest, covers, merge_ports, patch_template};
@@ -60,9 +63,18 @@ pub async fn install(
     progress: &dyn Progress,
 ) -> Result<InstallOutcome, K8sError> {
     let mut ports = Vec::new();
+    let level = super::admission::enforce_level(cluster, &namespace(workload)).await;
     let change = |w: &Workload| -> Result<Option<Change>, K8sError> {
-        let original_json = w.original_template_json()?;
-        let original = w.original_template()?;
+        // The patch goes on top of the user's latest template, so a change
+        // someone made since the install (a re-applied manifest, a new
+        // image) is kept and becomes what `uninstall` restores.
+        let original_json = user_template(w)?;
+        let original: PodTemplateSpec =
+            serde_json::from_value(original_json.clone()).map_err(|e| K8sError::BadAnnotation {
+                workload: w.display(),
+                annotation: ANNOTATION_ORIGINAL_TEMPLATE,
+                cause: e.to_string(),
+            })?;
         let existing = w.agent_ports()?;
         ports = merge_ports(&original, &existing, requests, spec.grpc_port);
         if ports.is_empty() {
@@ -70,13 +82,16 @@ pub async fn install(
         }
         let desired = patch_template(&original, spec, &ports, &w.display())?;
         let desired = serde_json::to_value(&desired).expect("a pod template serializes");
-        if w.has_agent() && existing == ports && covers(&w.template_json(), &desired) {
+        let recorded = w.has_agent() && w.original_template_json()? == original_json;
+        if recorded && existing == ports && covers(&w.template_json(), &desired) {
             return Ok(None);
         }
+        super::admission::check(level.as_deref(), &ports, w)?;
         let mut annotations = w.metadata().annotations.clone().unwrap_or_default();
-        annotations
-            .entry(ANNOTATION_ORIGINAL_TEMPLATE.into())
-            .or_insert_with(|| serde_json::to_string(&original_json).expect("JSON serializes"));
+        annotations.insert(
+            ANNOTATION_ORIGINAL_TEMPLATE.into(),
+            serde_json::to_string(&original_json).expect("JSON serializes"),
+        );
         let recorded = serde_json::to_string(&ports).expect("JSON serializes");
         annotations.insert(ANNOTATION_AGENT_PORTS.into(), recorded);
         Ok(Some(Change {
@@ -253,8 +268,10 @@ pub async fn uninstall_workload(
         let mut annotations = w.metadata().annotations.clone().unwrap_or_default();
         annotations.remove(ANNOTATION_ORIGINAL_TEMPLATE);
         annotations.remove(ANNOTATION_AGENT_PORTS);
+        // The user's latest template: the recorded one unless someone
+        // changed the template since.
         Ok(Some(Change {
-            template: w.original_template_json()?,
+            template: user_template(w)?,
             annotations,
         }))
     };

@@ -29,9 +29,11 @@
 //! # let _ = channel; Ok(()) }
 //! ```
 
+mod admission;
 mod agent_pod;
 mod cluster;
 mod diagnose;
+mod drift;
 mod error;
 mod install;
 mod list;
@@ -42,11 +44,12 @@ mod template;
 mod workload;
 
 pub use agent_pod::{
-    AgentPod, PortForwardConnector, PortForwardStream, agent_channel, find_agent_pod, port_forward,
-    wait_for_agent_pod,
+    AgentPod, AgentPods, PortForwardConnector, PortForwardStream, agent_channel, agent_pods,
+    find_agent_pod, port_forward, wait_for_agent_pod,
 };
 pub use cluster::{Cluster, ClusterOptions};
 pub use diagnose::{PodProblem, diagnose_pod};
+pub use drift::{Drift, check as check_drift};
 pub use error::{K8sError, Rollback};
 pub use install::{InstallOutcome, UninstallOutcome, install, uninstall, uninstall_all};
 pub use list::{Interceptable, WorkloadSummary, list, summarize, workloads};

@@ -1,14 +1,15 @@
 //! Writing a pod template and waiting until the pods run it: the
 //! controller's own rollout for Deployments and rolling StatefulSets, pod
 //! deletion for bare ReplicaSets and `OnDelete` StatefulSets. A pod that
-//! cannot start (image, crash loop, scheduling) ends the wait with its own
+//! cannot start (image, crash loop, scheduling), or cannot even be created
+//! (admission, ResourceQuota, LimitRange), ends the wait with its own
 //! reason instead of a timeout.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, DynamicObject, ListParams, PostParams};
 
@@ -142,6 +143,7 @@ pub(crate) async fn roll_out(
     let mut replaced: Option<BTreeSet<String>> = None;
     let mut done_at: Option<Instant> = None;
     let mut last = format!("rolling out {}", written.display());
+    let old_failed_creates = failed_creates(cluster, written).await;
     loop {
         let w = super::resolve::get_workload(cluster, written.kind(), &ns, written.name())
             .await?
@@ -178,6 +180,9 @@ pub(crate) async fn roll_out(
         };
         progress.message(&last);
         if let Some(msg) = state.failed.filter(|_| observed) {
+            return Err(RolloutError::Failed(msg));
+        }
+        if let Some(msg) = new_failed_create(cluster, &w, &old_failed_creates).await {
             return Err(RolloutError::Failed(msg));
         }
         // Before the controller has seen the template, the "new" pods may
@@ -373,18 +378,18 @@ async fn state(
             })
         });
         let revision = annotation(w.metadata(), "deployment.kubernetes.io/revision");
-        let hash = replicasets_of(cluster, w).await?.into_iter().find_map(|r| {
-            (annotation(&r.metadata, "deployment.kubernetes.io/revision") == revision
-                && revision.is_some())
-            .then(|| {
-                r.metadata
-                    .labels
-                    .as_ref()?
-                    .get("pod-template-hash")
-                    .cloned()
-            })
-            .flatten()
+        let new_rs = replicasets_of(cluster, w).await?.into_iter().find(|r| {
+            revision.is_some()
+                && annotation(&r.metadata, "deployment.kubernetes.io/revision") == revision
         });
+        let hash = new_rs.as_ref().and_then(|r| {
+            r.metadata
+                .labels
+                .as_ref()?
+                .get("pod-template-hash")
+                .cloned()
+        });
+        let failed = failed.or_else(|| new_rs.as_ref().and_then(replica_failure));
         let new_pods: Vec<Pod> = pods
             .iter()
             .filter(live)
@@ -424,8 +429,57 @@ async fn state(
         ready,
         done: ready == replicas && !stale_left,
         new_pods,
-        failed: None,
+        failed: w.replicaset().and_then(replica_failure),
     })
+}
+
+/// Why a ReplicaSet cannot create its pods (admission, ResourceQuota,
+/// LimitRange), from its ReplicaFailure condition.
+fn replica_failure(rs: &ReplicaSet) -> Option<String> {
+    let conditions = rs.status.as_ref()?.conditions.as_ref()?;
+    conditions
+        .iter()
+        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+        .map(|c| {
+            let message = c.message.as_deref().unwrap_or("no message");
+            format!("its pods cannot be created: {message}")
+        })
+}
+
+/// A StatefulSet has no such condition: its controller's FailedCreate
+/// events, by name, with what tells a repeated one apart (its count and
+/// last time). Empty when tpr may not list events.
+async fn failed_creates(cluster: &Cluster, w: &Workload) -> BTreeMap<String, (String, String)> {
+    if w.statefulset().is_none() {
+        return BTreeMap::new();
+    }
+    let ns = w.metadata().namespace.clone().unwrap_or_default();
+    let api: Api<Event> = Api::namespaced(cluster.client().clone(), &ns);
+    let fields = format!("involvedObject.uid={},reason=FailedCreate", uid(w));
+    let Ok(events) = api.list(&ListParams::default().fields(&fields)).await else {
+        return BTreeMap::new();
+    };
+    events
+        .items
+        .into_iter()
+        .map(|e| {
+            let seen = format!("{:?} {:?} {:?}", e.count, e.last_timestamp, e.series);
+            let name = e.metadata.name.unwrap_or_default();
+            (name, (seen, e.message.unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// A FailedCreate event of the StatefulSet that is not in `before`.
+async fn new_failed_create(
+    cluster: &Cluster,
+    w: &Workload,
+    before: &BTreeMap<String, (String, String)>,
+) -> Option<String> {
+    let now = failed_creates(cluster, w).await;
+    now.into_iter()
+        .find(|(name, (seen, _))| before.get(name).is_none_or(|(old, _)| old != seen))
+        .map(|(_, (_, message))| format!("its pods cannot be created: {message}"))
 }
 
 fn annotation(

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, ExecAction,
     LifecycleHandler, ObjectFieldSelector, PodTemplateSpec, Probe, ResourceRequirements,
-    SecurityContext,
+    SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
@@ -354,6 +354,12 @@ fn agent_container(
             capabilities: Some(Capabilities {
                 add: None,
                 drop: Some(vec!["ALL".into()]),
+            }),
+            // With the above, what the `restricted` Pod Security Standard
+            // asks of every container.
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
             }),
             ..Default::default()
         }),

@@ -294,6 +294,13 @@ impl Workload {
         }
     }
 
+    pub(crate) fn replicaset(&self) -> Option<&ReplicaSet> {
+        match &self.typed {
+            Typed::ReplicaSet(r) => Some(r),
+            _ => None,
+        }
+    }
+
     pub(crate) fn statefulset(&self) -> Option<&StatefulSet> {
         match &self.typed {
             Typed::StatefulSet(s) => Some(s),

@@ -59,6 +59,8 @@ pub enum UpEvent {
         /// http: the conditions a request must meet (all of them).
         headers: Vec<HeaderRule>,
         path_prefix: Option<String>,
+        /// The pods that route here: every ready pod of the workload.
+        pods: Vec<String>,
     },
     /// The `to_pod` ports of a workload listen on localhost.
     ToPodListening {
@@ -80,6 +82,9 @@ pub enum UpEvent {
     InterceptEnded {
         name: String,
         reason: EndReason,
+        /// What happened in the cluster, for the cluster's reasons.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
         /// Processes that ran with its environment: they are restarted
         /// without it.
         processes: Vec<String>,
@@ -97,6 +102,38 @@ pub enum UpEvent {
         workload: WorkloadRef,
         pod: String,
         reason: String,
+    },
+    /// Another pod of the workload routes here now (scale-up, rollout,
+    /// eviction, restart).
+    PodJoined {
+        #[serde(flatten)]
+        workload: WorkloadRef,
+        pod: String,
+        /// How many pods route here now.
+        pods: usize,
+    },
+    /// A pod stopped routing here (scaled down, replaced, its session lost);
+    /// the others still do.
+    PodLeft {
+        #[serde(flatten)]
+        workload: WorkloadRef,
+        pod: String,
+        reason: String,
+        pods: usize,
+    },
+    /// A ready pod could not be connected; it is tried again.
+    PodPending {
+        #[serde(flatten)]
+        workload: WorkloadRef,
+        pod: String,
+        error: String,
+    },
+    /// Someone else changed the workload's template so that it no longer
+    /// carries the agent as installed; tpr re-applies it on their template.
+    TemplateDrift {
+        #[serde(flatten)]
+        workload: WorkloadRef,
+        change: String,
     },
     /// Still reconnecting (every 5 s).
     Reconnecting {
@@ -200,6 +237,10 @@ pub enum EndReason {
     LeftFile,
     /// `tpr leave`.
     Leave,
+    /// The workload was deleted.
+    WorkloadDeleted,
+    /// The agent could not be put back after someone changed the template.
+    AgentLost,
 }
 
 /// Where a human line goes.
@@ -254,9 +295,15 @@ impl UpEvent {
                 Err(text)
             }
             UpEvent::InterceptEnded {
-                name, processes, ..
+                name,
+                processes,
+                detail,
+                ..
             } => {
-                let mut text = format!("ended intercept {name}\n");
+                let mut text = match detail {
+                    Some(why) => format!("ended intercept {name}: {why}\n"),
+                    None => format!("ended intercept {name}\n"),
+                };
                 if !processes.is_empty() {
                     let _ = writeln!(
                         text,
@@ -292,6 +339,37 @@ impl UpEvent {
                 "restored {intercepts} intercept(s) of {} through pod {pod}",
                 workload.display()
             )),
+            UpEvent::PodJoined {
+                workload,
+                pod,
+                pods,
+            } => Err(format!(
+                "pod {pod} of {} routes here too ({})",
+                workload.display(),
+                pods_route(*pods)
+            )),
+            UpEvent::PodLeft {
+                workload,
+                pod,
+                reason,
+                pods,
+            } => Err(format!(
+                "pod {pod} of {} left ({reason}); {} here",
+                workload.display(),
+                pods_route(*pods)
+            )),
+            UpEvent::PodPending {
+                workload,
+                pod,
+                error,
+            } => Err(format!(
+                "pod {pod} of {} is ready but not routing here yet: {error}; retrying",
+                workload.display()
+            )),
+            UpEvent::TemplateDrift { workload, change } => Err(format!(
+                "{} was changed by someone else ({change}): re-applying the agent on top of their template",
+                workload.display()
+            )),
             UpEvent::LocalUnreachable {
                 intercept, target, ..
             } => Err(format!(
@@ -318,6 +396,7 @@ impl UpEvent {
             ports,
             headers,
             path_prefix,
+            pods,
         } = self
         else {
             return String::new();
@@ -344,10 +423,11 @@ impl UpEvent {
             .collect();
         let ids: Vec<&str> = ports.iter().map(|p| p.service_port.as_str()).collect();
         format!(
-            "intercepted\n    Intercept name         : {name}\n    State                  : ACTIVE\n    Workload kind          : {}\n    Destination            : {}\n    Service Port Identifier: {}\n    Intercepting           : {intercepting}\n",
+            "intercepted\n    Intercept name         : {name}\n    State                  : ACTIVE\n    Workload kind          : {}\n    Destination            : {}\n    Service Port Identifier: {}\n    Pods                   : {}\n    Intercepting           : {intercepting}\n",
             workload.kind,
             destinations.join(", "),
             ids.join(", "),
+            pods.join(", "),
         )
     }
 
@@ -360,12 +440,9 @@ impl UpEvent {
     /// The message is the error and its causes, each once.
     pub fn error(report: &miette::Report) -> Self {
         let mut message = report.to_string();
-        for cause in report.chain().skip(1) {
-            let cause = cause.to_string();
-            if !message.contains(&cause) {
-                message.push_str(": ");
-                message.push_str(&cause);
-            }
+        for cause in crate::report::new_causes(report.as_ref()) {
+            message.push_str(": ");
+            message.push_str(&cause);
         }
         let problems = crate::report::invalid(report)
             .map(|invalid| {
@@ -387,6 +464,15 @@ impl UpEvent {
             help: report.help().map(|h| h.to_string()),
             problems,
         }
+    }
+}
+
+/// "1 pod routes", "3 pods route".
+fn pods_route(n: usize) -> String {
+    if n == 1 {
+        "1 pod routes".into()
+    } else {
+        format!("{n} pods route")
     }
 }
 

@@ -5,11 +5,11 @@
 //! file changes only what changed. It also restores lost sessions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tpr_schema::{Intercept, Project};
 
-use crate::k8s::{self, Cluster, Resolved, RolloutOptions};
+use crate::k8s::{self, AgentSpec, Cluster, K8sError, Resolved, RolloutOptions};
 use crate::tunnel::Hello;
 
 use super::UpError;
@@ -17,10 +17,17 @@ use super::event::{EndReason, Events, UpEvent, WorkloadRef};
 use super::link::Link;
 use super::plan;
 use super::progress::Display;
-use super::state::{InterceptState, State, StatePaths};
+use super::state::{InterceptState, PodState, State, StatePaths};
 
-/// `namespace/Kind/name`: one agent (one session) per workload.
+/// `namespace/Kind/name`: one link (a session per agent pod) per workload.
 type WorkloadId = String;
+
+/// How often the linked workloads and their pods are read: new pods get
+/// the intercepts, template changes by others are noticed.
+const OBSERVE_EVERY: Duration = Duration::from_millis(500);
+
+/// How often "still reconnecting" is said.
+const RECONNECTING_EVERY: Duration = Duration::from_secs(5);
 
 /// An http intercept: its ports are installed as http ports.
 fn is_http(i: &Intercept) -> bool {
@@ -55,6 +62,11 @@ pub struct Manager {
     project: Option<Project>,
     links: BTreeMap<WorkloadId, Link>,
     active: BTreeMap<String, Active>,
+    /// The agent the project file asks for (what drift is measured against).
+    agent: AgentSpec,
+    last_observed: Option<Instant>,
+    /// When "still reconnecting" was last said, per workload.
+    reconnecting_said: BTreeMap<WorkloadId, Instant>,
     paths: StatePaths,
     project_file: std::path::PathBuf,
     events: Events,
@@ -79,6 +91,9 @@ impl Manager {
             project: None,
             links: BTreeMap::new(),
             active: BTreeMap::new(),
+            agent: AgentSpec::default(),
+            last_observed: None,
+            reconnecting_said: BTreeMap::new(),
             paths,
             project_file,
             events,
@@ -144,12 +159,14 @@ impl Manager {
                 self.events.emit(UpEvent::InterceptEnded {
                     name,
                     reason: EndReason::LeftFile,
+                    detail: None,
                     processes,
                 });
             }
         }
         // 3. Install and connect per workload, then register.
         let agent = plan::agent_spec(project);
+        self.agent = agent.clone();
         let mut by_workload: BTreeMap<WorkloadId, Vec<(Intercept, Vec<Resolved>)>> =
             BTreeMap::new();
         for (intercept, resolved) in todo {
@@ -256,6 +273,7 @@ impl Manager {
                 WorkloadRef::of(&resolved[0].workload),
                 &ids,
                 &self.install_id,
+                &link.pod_names(),
             ));
         }
         self.active.insert(
@@ -324,6 +342,7 @@ impl Manager {
         self.events.emit(UpEvent::InterceptEnded {
             name: name.to_owned(),
             reason: EndReason::Leave,
+            detail: None,
             processes: self.processes_of(name),
         });
         Ok(())
@@ -366,41 +385,63 @@ impl Manager {
 
     /// The state other tpr commands read.
     pub fn state(&self) -> State {
-        let intercepts = self
-            .active
-            .values()
-            .map(|a| {
-                let link = self.links.get(&a.link);
-                InterceptState {
-                    name: a.intercept.name.clone(),
-                    workload: a.resolved[0].workload.display(),
-                    namespace: a.resolved[0]
-                        .workload
-                        .metadata()
-                        .namespace
-                        .clone()
-                        .unwrap_or_default(),
-                    pod: link.map(|l| l.pod.name.clone()),
-                    state: match link {
-                        Some(l) if l.connected() => "ACTIVE".into(),
-                        _ => "RECONNECTING".into(),
-                    },
-                    ports: a
-                        .intercept
-                        .ports
+        let intercepts =
+            self.active
+                .values()
+                .map(|a| {
+                    let link = self.links.get(&a.link);
+                    let mut pods: Vec<PodState> = link
                         .iter()
-                        .zip(&a.resolved)
-                        .map(|(p, r)| {
-                            format!("127.0.0.1:{} <- {}", p.local, r.service_port.identifier())
+                        .flat_map(|l| l.pod_names())
+                        .map(|name| PodState {
+                            name,
+                            state: "ACTIVE".into(),
+                            detail: None,
                         })
-                        .collect(),
-                    mechanism: match a.intercept.mechanism {
-                        tpr_schema::Mechanism::Tcp => "tcp".into(),
-                        tpr_schema::Mechanism::Http(_) => "http".into(),
-                    },
-                }
-            })
-            .collect();
+                        .collect();
+                    pods.extend(link.iter().flat_map(|l| l.pending()).map(|(name, why)| {
+                        PodState {
+                            name: name.clone(),
+                            state: "CONNECTING".into(),
+                            detail: Some(why.clone()),
+                        }
+                    }));
+                    InterceptState {
+                        name: a.intercept.name.clone(),
+                        workload: a.resolved[0].workload.display(),
+                        namespace: a.resolved[0]
+                            .workload
+                            .metadata()
+                            .namespace
+                            .clone()
+                            .unwrap_or_default(),
+                        pod: link.and_then(|l| l.pod_names().into_iter().next()),
+                        state: match link {
+                            Some(l) if l.connected() && l.pending().is_empty() => "ACTIVE".into(),
+                            Some(l) if l.connected() => format!(
+                                "PARTIAL ({} of {} ready pods route here)",
+                                l.pod_names().len(),
+                                l.pod_names().len() + l.pending().len()
+                            ),
+                            _ => "RECONNECTING".into(),
+                        },
+                        pods,
+                        ports: a
+                            .intercept
+                            .ports
+                            .iter()
+                            .zip(&a.resolved)
+                            .map(|(p, r)| {
+                                format!("127.0.0.1:{} <- {}", p.local, r.service_port.identifier())
+                            })
+                            .collect(),
+                        mechanism: match a.intercept.mechanism {
+                            tpr_schema::Mechanism::Tcp => "tcp".into(),
+                            tpr_schema::Mechanism::Http(_) => "http".into(),
+                        },
+                    }
+                })
+                .collect();
         State {
             pid: std::process::id(),
             project: super::state::project_key(&self.project_file),
@@ -419,61 +460,244 @@ impl Manager {
         }
     }
 
-    /// Notices lost sessions and tries to restore them. Returns true when
-    /// the environment may have changed (a restored session).
+    /// Notices lost sessions, follows the workloads' pods (every ready pod
+    /// routes) and mends templates that others changed. Returns true when
+    /// an environment may have changed.
     pub async fn check_links(&mut self) -> bool {
-        let mut restored = false;
         let mut changed = false;
         for link in self.links.values_mut() {
-            if let Some(reason) = link.take_lost(self.events) {
-                self.events.emit(UpEvent::ConnectionLost {
-                    workload: WorkloadRef::of(&link.workload),
-                    pod: link.pod.name.clone(),
-                    reason,
-                });
+            for (pod, reason) in link.take_lost(self.events) {
                 changed = true;
-            }
-            if link.connected() {
-                continue;
-            }
-            match link.try_reconnect(&self.cluster).await {
-                None => {}
-                Some(Ok(())) => {
-                    self.events.emit(UpEvent::ConnectionRestored {
-                        workload: WorkloadRef::of(&link.workload),
-                        pod: link.pod.name.clone(),
-                        intercepts: link.intercepts.len(),
-                    });
-                    restored = true;
-                    changed = true;
-                }
-                Some(Err(e)) => {
-                    let since = link.lost_since.map(|t| t.elapsed().as_secs()).unwrap_or(0);
-                    if since % 5 == 0 {
-                        let error = match e {
-                            UpError::K8s(k8s::K8sError::NoAgentPod { .. }) => {
-                                "waiting for a ready agent pod".to_owned()
-                            }
-                            e => e.to_string(),
-                        };
-                        self.events.emit(UpEvent::Reconnecting {
-                            workload: WorkloadRef::of(&link.workload),
-                            seconds: since,
-                            error,
-                        });
+                let workload = WorkloadRef::of(&link.workload);
+                self.events.emit(if link.connected() {
+                    UpEvent::PodLeft {
+                        workload,
+                        pod,
+                        reason,
+                        pods: link.pod_names().len(),
                     }
-                }
+                } else {
+                    UpEvent::ConnectionLost {
+                        workload,
+                        pod,
+                        reason,
+                    }
+                });
             }
         }
-        if changed {
+        let mut env_changed = false;
+        if self
+            .last_observed
+            .is_none_or(|t| t.elapsed() >= OBSERVE_EVERY)
+        {
+            self.last_observed = Some(Instant::now());
+            let ids: Vec<WorkloadId> = self.links.keys().cloned().collect();
+            for id in ids {
+                let (state, env) = self.observe(&id).await;
+                changed |= state;
+                env_changed |= env;
+            }
+        }
+        if changed || env_changed {
             self.write_state();
         }
-        if restored && let Err(e) = self.write_env_files() {
+        if env_changed && let Err(e) = self.write_env_files() {
             self.events.emit(UpEvent::Warning {
                 message: e.to_string(),
             });
         }
-        restored
+        env_changed
+    }
+
+    /// Reads one linked workload and its pods: a deleted workload ends its
+    /// intercepts, a template without the agent as installed is mended, and
+    /// the sessions follow the ready pods. Returns (state changed, env
+    /// changed).
+    async fn observe(&mut self, id: &WorkloadId) -> (bool, bool) {
+        let Some(link) = self.links.get(id) else {
+            return (false, false);
+        };
+        let found = match k8s::agent_pods(&self.cluster, &link.workload).await {
+            Ok(found) => found,
+            Err(K8sError::WorkloadNotFound { .. }) => {
+                let why = format!("{} was deleted", link.workload.display());
+                self.end_link(id, EndReason::WorkloadDeleted, why).await;
+                return (true, true);
+            }
+            Err(e) => {
+                self.say_reconnecting(id, e.to_string());
+                return (false, false);
+            }
+        };
+        match k8s::check_drift(&found.workload, &self.agent) {
+            Ok(None) => {}
+            Ok(Some(drift)) => {
+                self.events.emit(UpEvent::TemplateDrift {
+                    workload: WorkloadRef::of(&found.workload),
+                    change: drift.to_string(),
+                });
+                // The mended rollout's pods are followed on the next look.
+                return (true, self.mend(id, &found.workload).await);
+            }
+            Err(e) => self.events.emit(UpEvent::Warning {
+                message: e.to_string(),
+            }),
+        }
+        let link = self.links.get_mut(id).expect("looked up above");
+        let env_before = link.env.clone();
+        let followed = match link.follow(&self.cluster, &found.pods).await {
+            Ok(f) => f,
+            Err(e) => {
+                self.events.emit(UpEvent::Warning {
+                    message: e.to_string(),
+                });
+                return (false, false);
+            }
+        };
+        let workload = WorkloadRef::of(&link.workload);
+        let count = link.pod_names().len();
+        for pod in &followed.left {
+            self.events.emit(if count > 0 {
+                UpEvent::PodLeft {
+                    workload: workload.clone(),
+                    pod: pod.clone(),
+                    reason: "the pod is gone or no longer ready".into(),
+                    pods: count,
+                }
+            } else {
+                UpEvent::ConnectionLost {
+                    workload: workload.clone(),
+                    pod: pod.clone(),
+                    reason: "the pod is gone or no longer ready".into(),
+                }
+            });
+        }
+        if followed.restored {
+            self.reconnecting_said.remove(id);
+            self.events.emit(UpEvent::ConnectionRestored {
+                workload: workload.clone(),
+                pod: link.pod_names().join(", "),
+                intercepts: link.intercepts.len(),
+            });
+        } else {
+            for pod in &followed.joined {
+                self.events.emit(UpEvent::PodJoined {
+                    workload: workload.clone(),
+                    pod: pod.clone(),
+                    pods: count,
+                });
+            }
+        }
+        for (pod, error) in &followed.failed {
+            self.events.emit(UpEvent::PodPending {
+                workload: workload.clone(),
+                pod: pod.clone(),
+                error: error.clone(),
+            });
+        }
+        let link = &self.links[id];
+        let env_changed = link.env != env_before;
+        if !link.connected() {
+            let why = match found.total {
+                0 => "waiting for a ready agent pod".to_owned(),
+                n => format!("waiting for a ready agent pod ({n} pods, none ready with the agent)"),
+            };
+            self.say_reconnecting(id, why);
+        }
+        let state_changed =
+            !followed.left.is_empty() || !followed.joined.is_empty() || !followed.failed.is_empty();
+        (state_changed, env_changed)
+    }
+
+    /// "Still reconnecting", at most every few seconds per workload.
+    fn say_reconnecting(&mut self, id: &WorkloadId, error: String) {
+        let Some(link) = self.links.get(id) else {
+            return;
+        };
+        let Some(since) = link.lost_since else {
+            return;
+        };
+        let due = self
+            .reconnecting_said
+            .get(id)
+            .is_none_or(|t| t.elapsed() >= RECONNECTING_EVERY);
+        if due && since.elapsed() >= RECONNECTING_EVERY {
+            self.reconnecting_said.insert(id.clone(), Instant::now());
+            self.events.emit(UpEvent::Reconnecting {
+                workload: WorkloadRef::of(&link.workload),
+                seconds: since.elapsed().as_secs(),
+                error,
+            });
+        }
+    }
+
+    /// Re-applies the agent on top of a template someone else changed; when
+    /// that fails, the workload's intercepts end with the reason. Returns
+    /// whether an environment changed.
+    async fn mend(&mut self, id: &WorkloadId, workload: &k8s::Workload) -> bool {
+        let requests: Vec<_> = self
+            .active
+            .values()
+            .filter(|a| &a.link == id)
+            .flat_map(|a| {
+                let http = is_http(&a.intercept);
+                a.resolved.iter().map(move |r| r.port_request(http))
+            })
+            .collect();
+        self.events.emit(UpEvent::Installing {
+            workload: WorkloadRef::of(workload),
+        });
+        let progress = Display::for_events(self.events);
+        let started = Instant::now();
+        let outcome = k8s::install(
+            &self.cluster,
+            workload,
+            &requests,
+            &self.agent,
+            &RolloutOptions::default(),
+            &progress,
+        )
+        .await;
+        progress.finish();
+        match outcome {
+            Ok(outcome) => {
+                if outcome.changed {
+                    self.events.emit(UpEvent::Installed {
+                        workload: WorkloadRef::of(workload),
+                        seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                    });
+                }
+                false
+            }
+            Err(e) => {
+                let why = format!("the agent could not be put back: {e}");
+                self.end_link(id, EndReason::AgentLost, why).await;
+                true
+            }
+        }
+    }
+
+    /// Ends every intercept of a workload for a reason of the cluster's.
+    async fn end_link(&mut self, id: &WorkloadId, reason: EndReason, detail: String) {
+        let names: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(_, a)| &a.link == id)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            self.active.remove(&name);
+            self.events.emit(UpEvent::InterceptEnded {
+                processes: self.processes_of(&name),
+                name,
+                reason,
+                detail: Some(detail.clone()),
+            });
+        }
+        if let Some(link) = self.links.remove(id) {
+            link.close().await;
+        }
+        self.reconnecting_said.remove(id);
     }
 
     /// Ends every session and removes the state.

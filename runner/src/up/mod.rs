@@ -50,6 +50,16 @@ pub enum UpError {
         #[source]
         source: TunnelError,
     },
+    /// A `to_pod` port cannot be listened on here (another program has it).
+    #[error("on this workstation: {source}")]
+    #[diagnostic(help(
+        "free port {port} on this workstation (`ss -ltnp 'sport = :{port}'` shows who has it) or remove {port} from `to_pod`"
+    ))]
+    ToPodListen {
+        port: u16,
+        #[source]
+        source: TunnelError,
+    },
     /// The session with an agent is down (being restored).
     #[error(
         "not connected to the traffic agent in pod {pod}; it is being reconnected, try again in a moment"

@@ -127,6 +127,7 @@ pub fn active(
     workload: WorkloadRef,
     port_ids: &[String],
     install_id: &str,
+    pods: &[String],
 ) -> UpEvent {
     let (mechanism, path_prefix) = match &intercept.mechanism {
         FileMechanism::Tcp => ("tcp", None),
@@ -161,6 +162,7 @@ pub fn active(
             .collect(),
         headers,
         path_prefix,
+        pods: pods.to_vec(),
     }
 }
 
@@ -191,10 +193,10 @@ mod tests {
             kind: "Deployment".into(),
             namespace: "shop".into(),
         };
-        let event = active(i, workload, &["8080".into()], "a-b");
+        let event = active(i, workload, &["8080".into()], "a-b", &["hello-1".into()]);
         assert_eq!(
             event.json(),
-            r#"{"event":"intercept_active","name":"hello","workload":"hello","kind":"Deployment","namespace":"shop","mechanism":"http","ports":[{"local":8080,"service_port":"8080"}],"headers":[{"header":"x-telepresence-intercept-id","regex":"a-b:hello"}],"path_prefix":null}"#
+            r#"{"event":"intercept_active","name":"hello","workload":"hello","kind":"Deployment","namespace":"shop","mechanism":"http","ports":[{"local":8080,"service_port":"8080"}],"headers":[{"header":"x-telepresence-intercept-id","regex":"a-b:hello"}],"path_prefix":null,"pods":["hello-1"]}"#
         );
     }
 

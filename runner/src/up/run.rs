@@ -138,6 +138,7 @@ pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
         .intercepts
         .iter()
         .filter_map(|i| i.env.file.clone())
+        .chain([paths.file.clone(), paths.socket.clone()])
         .collect();
 
     let (stop, stopped) = tokio::sync::oneshot::channel();

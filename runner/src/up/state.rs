@@ -17,14 +17,29 @@ pub struct InterceptState {
     /// `Deployment/hello`.
     pub workload: String,
     pub namespace: String,
-    /// The agent's pod, when connected.
+    /// The first pod that routes here, when connected.
     pub pod: Option<String>,
-    /// `ACTIVE`, `RECONNECTING`...
+    /// `ACTIVE` (every ready pod routes here), `PARTIAL (...)`,
+    /// `RECONNECTING`.
     pub state: String,
+    /// Every ready agent pod of the workload and whether it routes here.
+    #[serde(default)]
+    pub pods: Vec<PodState>,
     /// `127.0.0.1:8080 <- http` for each port.
     pub ports: Vec<String>,
     /// `tcp` or `http`.
     pub mechanism: String,
+}
+
+/// One ready agent pod of an intercepted workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodState {
+    pub name: String,
+    /// `ACTIVE` (its session carries the intercepts) or `CONNECTING`.
+    pub state: String,
+    /// Why it is not routing yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What a running `tpr up` writes.

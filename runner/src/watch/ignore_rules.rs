@@ -1,7 +1,8 @@
 //! Which changed paths matter: not the ones .gitignore/.ignore or the
 //! file's patterns exclude, not editor temporary files, not `.git`, not the
-//! files tpr writes itself (the env file) or routes elsewhere (the project
-//! file), and only paths inside the watch set.
+//! files tpr writes itself (the env file, the session state, its own
+//! stdout and stderr when redirected into the project) or routes elsewhere
+//! (the project file), and only paths inside the watch set.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -49,7 +50,11 @@ impl IgnoreRules {
         })?;
         Ok(IgnoreRules {
             patterns: Some((patterns_root.to_path_buf(), matcher)),
-            ignored_files: ignored_files.iter().map(|p| normalize(p)).collect(),
+            ignored_files: ignored_files
+                .iter()
+                .map(|p| normalize(p))
+                .chain(own_output_files())
+                .collect(),
             ..IgnoreRules::default()
         })
     }
@@ -145,6 +150,17 @@ impl IgnoreRules {
         }
         false
     }
+}
+
+/// The files tpr's own stdout and stderr are redirected to (`tpr up >
+/// up.log`): tpr and its processes write them, so a change there must never
+/// restart a process. Terminals, pipes and sockets are not files: left out.
+fn own_output_files() -> Vec<PathBuf> {
+    [1, 2]
+        .iter()
+        .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+        .filter(|path| path.is_absolute() && path.is_file())
+        .collect()
 }
 
 /// Temporary files of common editors: vim's write test file `4913` (and its

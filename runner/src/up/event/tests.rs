@@ -43,9 +43,34 @@ fn cluster_events_are_one_flat_object_each() {
             UpEvent::InterceptEnded {
                 name: "hello".into(),
                 reason: EndReason::Leave,
+                detail: None,
                 processes: vec!["main".into()],
             },
             r#"{"event":"intercept_ended","name":"hello","reason":"leave","processes":["main"]}"#,
+        ),
+        (
+            UpEvent::InterceptEnded {
+                name: "hello".into(),
+                reason: EndReason::WorkloadDeleted,
+                detail: Some("deployment/hello was deleted".into()),
+                processes: vec![],
+            },
+            r#"{"event":"intercept_ended","name":"hello","reason":"workload_deleted","detail":"deployment/hello was deleted","processes":[]}"#,
+        ),
+        (
+            UpEvent::PodJoined {
+                workload: hello(),
+                pod: "hello-2".into(),
+                pods: 2,
+            },
+            r#"{"event":"pod_joined","workload":"hello","kind":"Deployment","namespace":"shop","pod":"hello-2","pods":2}"#,
+        ),
+        (
+            UpEvent::TemplateDrift {
+                workload: hello(),
+                change: "the agent container was removed".into(),
+            },
+            r#"{"event":"template_drift","workload":"hello","kind":"Deployment","namespace":"shop","change":"the agent container was removed"}"#,
         ),
         (
             UpEvent::ConnectionLost {
@@ -166,12 +191,13 @@ fn an_active_intercept_reads_like_telepresence_for_people() {
         }],
         headers: vec![],
         path_prefix: None,
+        pods: vec!["hello-a".into(), "hello-b".into()],
     };
     assert_eq!(
         human(&tcp),
         (
             "out",
-            "intercepted\n    Intercept name         : hello\n    State                  : ACTIVE\n    Workload kind          : Deployment\n    Destination            : 127.0.0.1:8080\n    Service Port Identifier: http\n    Intercepting           : all TCP connections\n".to_string()
+            "intercepted\n    Intercept name         : hello\n    State                  : ACTIVE\n    Workload kind          : Deployment\n    Destination            : 127.0.0.1:8080\n    Service Port Identifier: http\n    Pods                   : hello-a, hello-b\n    Intercepting           : all TCP connections\n".to_string()
         )
     );
     let http = UpEvent::InterceptActive {
@@ -187,6 +213,7 @@ fn an_active_intercept_reads_like_telepresence_for_people() {
             regex: "al.*".into(),
         }],
         path_prefix: Some("/api".into()),
+        pods: vec!["hello-a".into()],
     };
     assert!(
         human(&http).1.ends_with(
@@ -202,6 +229,7 @@ fn intercept_ended_says_which_processes_lose_its_env() {
     let e = UpEvent::InterceptEnded {
         name: "hello".into(),
         reason: EndReason::Leave,
+        detail: None,
         processes: vec!["main".into()],
     };
     assert_eq!(
