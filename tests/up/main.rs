@@ -5,6 +5,7 @@
 mod admission;
 mod env;
 mod errors;
+mod interrupt;
 mod json;
 mod lifecycle;
 mod rbac;
@@ -416,6 +417,11 @@ async fn a_file_edit_ends_only_the_intercept_that_left() {
 #[tokio::test]
 async fn every_replica_routes_through_scaling_a_reapplied_manifest_and_a_replaced_template() {
     in_namespace!("up-replicas", (replicas::replicas));
+}
+
+#[tokio::test]
+async fn ctrl_c_at_any_moment_of_the_start_exits_cleanly_and_changes_nothing() {
+    in_namespace!("up-sigint", (interrupt::interrupt));
 }
 
 #[tokio::test]

@@ -128,12 +128,20 @@ impl ProjectDir {
 
     /// Starts `tpr up` with output to files in the project directory.
     pub fn up(&self, args: &[&str]) -> Up {
+        self.up_env(args, &[])
+    }
+
+    /// [`Self::up`] with extra environment variables.
+    pub fn up_env(&self, args: &[&str], env: &[(&str, &str)]) -> Up {
         let out = self.path().join(format!("up-{}.out", rand()));
         let err = out.with_extension("err");
         let mut all = vec!["up"];
         all.extend_from_slice(args);
-        let child = self
-            .command(&all)
+        let mut cmd = self.command(&all);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .stderr(std::fs::File::create(&err).expect("stderr file"))
@@ -224,6 +232,15 @@ impl Up {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         None
+    }
+
+    /// Sends a signal by name (`INT`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([format!("-{name}"), c.id().to_string()])
+                .status();
+        }
     }
 
     /// SIGKILL: no chance to clean up.

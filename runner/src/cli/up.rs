@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::status::Output;
 use crate::project_file::ProjectArgs;
+use crate::up::interrupt::Interrupt;
 use crate::up::run::{UpOptions, up};
 use crate::up::{Events, UpEvent};
 
@@ -21,7 +22,7 @@ Each object has an \"event\" field:
   progress              message
   installed             workload, kind, namespace, seconds
   intercept_active      name, workload, kind, namespace, mechanism, ports[{local, service_port}],
-                        headers[{header, regex}], path_prefix
+                        headers[{header, regex}], path_prefix, pods (every ready pod routes)
   to_pod_listening      workload, kind, namespace, ports
   env_written           intercept, file, variables (a count), skipped (names), format
   no_processes
@@ -34,8 +35,13 @@ Each object has an \"event\" field:
   reload_failed         error
   reconciled            (a file edit changed the intercepts)
   reconcile_failed      error
-  intercept_ended       name, reason (left_file or leave), processes (restarted without its env)
-  connection_lost       workload, kind, namespace, pod, reason
+  intercept_ended       name, reason (left_file, leave, workload_deleted or agent_lost), detail,
+                        processes (restarted without its env)
+  pod_joined            workload, kind, namespace, pod, pods (how many route here now)
+  pod_left              workload, kind, namespace, pod, reason, pods
+  pod_pending           workload, kind, namespace, pod, error (ready, not connected yet)
+  template_drift        workload, kind, namespace, change (someone else's; the agent is re-applied)
+  connection_lost       workload, kind, namespace, pod, reason (no pod routes here any more)
   reconnecting          workload, kind, namespace, seconds, error
   connection_restored   workload, kind, namespace, pod, intercepts
   local_unreachable     intercept, target, error
@@ -80,15 +86,21 @@ pub fn run(args: &UpArgs) -> miette::Result<ExitCode> {
 }
 
 fn run_up(args: &UpArgs, events: Events) -> miette::Result<i32> {
-    // An invalid file stops here: nothing in the cluster changes.
-    let project = args.project.load()?;
-    let code = super::block_on(up(
-        project,
-        UpOptions {
-            file: args.project.file.clone(),
-            once: args.once,
-            events,
-        },
-    ))?;
-    Ok(code)
+    super::block_on(async {
+        // Ctrl-C is handled from the first step on.
+        let interrupt = Interrupt::listen(events)?;
+        // An invalid file stops here: nothing in the cluster changes.
+        let project = args.project.load()?;
+        let code = up(
+            project,
+            UpOptions {
+                file: args.project.file.clone(),
+                once: args.once,
+                events,
+            },
+            interrupt,
+        )
+        .await?;
+        Ok(code)
+    })
 }

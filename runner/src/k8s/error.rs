@@ -334,6 +334,15 @@ pub enum K8sError {
         rollback: Rollback,
     },
 
+    /// Ctrl-C or SIGTERM while the rollout ran.
+    #[error("interrupted while rolling out {workload}; {rollback}")]
+    Interrupted {
+        /// `kind/name` of the workload.
+        workload: String,
+        /// What was done about the template.
+        rollback: Rollback,
+    },
+
     /// The Deployment controller gave up (progressDeadlineSeconds).
     #[error("rollout of {workload} failed: {message}; {rollback}")]
     RolloutFailed {

@@ -28,6 +28,8 @@ pub struct RolloutOptions {
     pub timeout: Duration,
     /// How often to look at the workload and its pods.
     pub poll: Duration,
+    /// Stops the wait (Ctrl-C): the template is then rolled back.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Default for RolloutOptions {
@@ -35,6 +37,7 @@ impl Default for RolloutOptions {
         Self {
             timeout: Duration::from_secs(180),
             poll: Duration::from_millis(500),
+            cancel: Default::default(),
         }
     }
 }
@@ -90,6 +93,7 @@ pub(crate) enum RolloutError {
     Stuck { pod: String, problem: PodProblem },
     Timeout { waited: Duration, last: String },
     Failed(String),
+    Interrupted,
     Api(K8sError),
 }
 
@@ -119,6 +123,7 @@ impl RolloutError {
                 message,
                 rollback,
             },
+            RolloutError::Interrupted => K8sError::Interrupted { workload, rollback },
             RolloutError::Api(e) => e,
         }
     }
@@ -211,7 +216,10 @@ pub(crate) async fn roll_out(
                 last,
             });
         }
-        tokio::time::sleep(opts.poll).await;
+        tokio::select! {
+            _ = tokio::time::sleep(opts.poll) => {}
+            _ = opts.cancel.cancelled() => return Err(RolloutError::Interrupted),
+        }
     }
 }
 

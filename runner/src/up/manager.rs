@@ -14,6 +14,7 @@ use crate::tunnel::Hello;
 
 use super::UpError;
 use super::event::{EndReason, Events, UpEvent, WorkloadRef};
+use super::interrupt::StartGuard;
 use super::link::Link;
 use super::plan;
 use super::progress::Display;
@@ -67,6 +68,8 @@ pub struct Manager {
     last_observed: Option<Instant>,
     /// When "still reconnecting" was last said, per workload.
     reconnecting_said: BTreeMap<WorkloadId, Instant>,
+    /// Ctrl-C during the start-up stops its waits and rollouts.
+    guard: StartGuard,
     paths: StatePaths,
     project_file: std::path::PathBuf,
     events: Events,
@@ -94,10 +97,17 @@ impl Manager {
             agent: AgentSpec::default(),
             last_observed: None,
             reconnecting_said: BTreeMap::new(),
+            guard: StartGuard::none(),
             paths,
             project_file,
             events,
         }
+    }
+
+    /// Ties the start-up's waits and rollouts to Ctrl-C.
+    pub fn with_guard(mut self, guard: StartGuard) -> Self {
+        self.guard = guard;
+        self
     }
 
     pub fn install_id(&self) -> &str {
@@ -132,7 +142,11 @@ impl Manager {
             let mut resolved = Vec::new();
             for port in &intercept.ports {
                 let target = plan::target(intercept, &ns, port.service_port.as_ref());
-                resolved.push(k8s::resolve(&self.cluster, &target).await?);
+                resolved.push(
+                    self.guard
+                        .run(async { Ok(k8s::resolve(&self.cluster, &target).await?) })
+                        .await?,
+                );
             }
             todo.push((intercept.clone(), resolved));
         }
@@ -191,15 +205,27 @@ impl Manager {
             }));
             let progress = Display::for_events(self.events);
             let started = Instant::now();
+            self.guard.check()?;
+            self.guard.leftover(Some(format!(
+                "{} may be left mid-rollout with the agent; `tpr uninstall {} -n {}` restores it",
+                workload.display(),
+                workload.name(),
+                workload.metadata().namespace.as_deref().unwrap_or_default()
+            )));
+            let rollout = RolloutOptions {
+                cancel: self.guard.token(),
+                ..RolloutOptions::default()
+            };
             let outcome = k8s::install(
                 &self.cluster,
                 &workload,
                 &requests,
                 &agent,
-                &RolloutOptions::default(),
+                &rollout,
                 &progress,
             )
             .await;
+            self.guard.leftover(None);
             progress.finish();
             let outcome = outcome?;
             if outcome.changed {
@@ -213,7 +239,14 @@ impl Manager {
                 }
             }
             if !self.links.contains_key(&id) {
-                let link = Link::open(&self.cluster, workload.clone(), self.hello.clone()).await?;
+                let link = self
+                    .guard
+                    .run(Link::open(
+                        &self.cluster,
+                        workload.clone(),
+                        self.hello.clone(),
+                    ))
+                    .await?;
                 self.links.insert(id.clone(), link);
                 // Intercepts already on this workload move to the new session.
                 let existing: Vec<String> = self

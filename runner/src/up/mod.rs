@@ -6,6 +6,7 @@ pub mod control;
 mod env_export;
 pub mod event;
 pub mod install_id;
+pub mod interrupt;
 mod link;
 mod manager;
 pub mod plan;
@@ -87,6 +88,9 @@ pub enum UpError {
     /// Building a process's environment failed.
     #[error(transparent)]
     Supervise(#[from] crate::supervise::Error),
+    /// Ctrl-C or SIGTERM stopped the start-up.
+    #[error("interrupted")]
+    Interrupted,
     /// The running `tpr up` answered a request with an error.
     #[error("{0}")]
     Remote(String),

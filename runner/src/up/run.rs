@@ -15,6 +15,7 @@ use crate::session_loop::{self, SessionHandle, SessionOptions};
 
 use super::control::{self, Incoming, Request};
 use super::event::{Events, UpEvent};
+use super::interrupt::Interrupt;
 use super::state::{StatePaths, pid_alive};
 use super::{Manager, UpError, processes};
 
@@ -60,9 +61,15 @@ enum ToManager {
     Control(Incoming),
 }
 
-/// Runs `tpr up`; returns the exit code.
-pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
+/// Runs `tpr up`; returns the exit code. `interrupt` has listened for
+/// Ctrl-C since the command started.
+pub async fn up(
+    project: Project,
+    options: UpOptions,
+    interrupt: Interrupt,
+) -> Result<i32, UpError> {
     let events = options.events;
+    let guard = interrupt.guard();
     events.emit(UpEvent::Validated {
         file: options.file.clone(),
         intercepts: project.intercepts.iter().map(|i| i.name.clone()).collect(),
@@ -70,7 +77,10 @@ pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
     });
     let paths = StatePaths::for_project(&options.file)?;
     check_not_running(&paths, &options.file, events)?;
-    let cluster = connect(&project).await?;
+    let cluster = match guard.run(connect(&project)).await {
+        Err(UpError::Interrupted) => return Ok(interrupt.code().unwrap_or(130)),
+        other => other?,
+    };
     let install_id = super::install_id::install_id()?;
     events.emit(UpEvent::Connected {
         context: cluster.context().to_owned(),
@@ -83,10 +93,22 @@ pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
         paths.clone(),
         options.file.clone(),
         events,
-    );
+    )
+    .with_guard(guard);
     if let Err(e) = manager.apply(&project).await {
         manager.shutdown().await;
-        return Err(e);
+        return match interrupt.code() {
+            // Interrupted: the error says what became of a rollout.
+            Some(code) => {
+                if !matches!(e, UpError::Interrupted) {
+                    events.emit(UpEvent::Warning {
+                        message: e.to_string(),
+                    });
+                }
+                Ok(code)
+            }
+            None => Err(e),
+        };
     }
     let envs = Arc::new(Mutex::new(manager.envs()));
     let specs = match processes::specs(&project, &manager.envs()) {
@@ -163,6 +185,15 @@ pub async fn up(project: Project, options: UpOptions) -> Result<i32, UpError> {
         let _ = tx.try_send(ToManager::Reload(Box::new(project)));
         Ok(specs)
     };
+    // From here the supervisor handles Ctrl-C (a signal that came during
+    // the last steps ends the run the usual way).
+    if let Some(code) = interrupt.code() {
+        drop(handle);
+        let _ = stop.send(());
+        let _ = manager_task.await;
+        return Ok(code);
+    }
+    interrupt.disarm();
     let outcome = session_loop::run_session(specs, reload, session_options, |event| {
         events.emit(UpEvent::Process(event.clone()))
     })
