@@ -384,6 +384,7 @@ async fn run() {
             path_prefix: None,
         },
         target: ws_http,
+        wait: std::time::Duration::ZERO,
     };
     session
         .create_intercept(http_intercept.clone())
@@ -399,6 +400,7 @@ async fn run() {
         app_port: app_sink.port(),
         mechanism: Mechanism::Tcp,
         target: ws_sink,
+        wait: std::time::Duration::ZERO,
     };
     if let Ok(path) = std::env::var("TPR_BENCH_ONLY") {
         let target = match path.as_str() {

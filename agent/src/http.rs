@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -31,7 +32,9 @@ use crate::registry::{Intercept, Registry, TunnelError};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-/// Why a request could not be forwarded; becomes a 502.
+/// Why a request could not be forwarded; becomes a 502, or a 503 when the
+/// workstation's process did not listen within its wait (it is starting or
+/// restarting: the request may be sent again).
 #[derive(Debug, thiserror::Error)]
 enum ForwardError {
     /// Nothing answers on the app's port.
@@ -52,6 +55,18 @@ enum ForwardError {
     /// The upstream connection failed to start or broke.
     #[error("upstream connection failed: {0}")]
     Upstream(#[source] hyper::Error),
+}
+
+impl ForwardError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ForwardError::Workstation {
+                source: TunnelError::DialFailed(_),
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
 }
 
 pub async fn serve(io: Rewind, h2: bool, app_port: u16, registry: Arc<Registry>) {
@@ -109,8 +124,10 @@ impl Conn {
             None => {
                 let port = self.app_port;
                 let dial = || async move {
-                    dial_app(port)
+                    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+                    tokio::time::timeout(DIAL_TIMEOUT, dial_app(port))
                         .await
+                        .unwrap_or_else(|_| Err(timed_out()))
                         .map_err(|source| ForwardError::App { port, source })
                 };
                 self.app.send(self.h2, req, dial, None).await
@@ -149,11 +166,12 @@ impl Conn {
                 resp.map(BodyExt::boxed)
             }
             Err(e) => {
-                debug!(app_port = self.app_port, "502: {e}");
+                let status = e.status();
+                debug!(app_port = self.app_port, "{status}: {e}");
                 let body = format!("tpr: {e}\n");
                 let mut resp =
                     Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
-                *resp.status_mut() = StatusCode::BAD_GATEWAY;
+                *resp.status_mut() = status;
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -211,12 +229,23 @@ impl Sender {
     }
 }
 
+/// An upstream connection: its sender, and a token cancelled once its
+/// connection task has ended (the dispatcher and its queue are dropped).
+struct Connection {
+    sender: Sender,
+    closed: CancellationToken,
+}
+
 /// A lazily dialed upstream connection, dialed again when it closed.
 #[derive(Default)]
 struct Upstream {
-    slot: tokio::sync::Mutex<Option<Sender>>,
+    slot: tokio::sync::Mutex<Option<Connection>>,
     ended: Option<CancellationToken>,
 }
+
+/// How long dialing the app may take before the request becomes a 502 (a
+/// full accept backlog drops SYNs instead of refusing).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Upstream {
     fn ended(&self) -> bool {
@@ -241,15 +270,51 @@ impl Upstream {
         D: Fn() -> F,
         F: Future<Output = Result<IO, ForwardError>>,
     {
-        let unsent = match self.dispatch(h2, req, &dial, &ended).await?.await {
+        let unsent = match self.attempt(h2, req, &dial, &ended).await? {
             Ok(response) => return Ok(response),
             Err(mut e) => e.take_message().ok_or(e),
         };
         let result = match unsent {
-            Ok(req) => self.dispatch(h2, req, &dial, &ended).await?.await,
+            Ok(req) => self.attempt(h2, req, &dial, &ended).await?,
             Err(e) => Err(e),
         };
         result.map_err(|e| ForwardError::Upstream(e.into_error()))
+    }
+
+    /// One try of `req` on the current connection (dialed if needed).
+    ///
+    /// A request queued just as the connection task ends can be left in
+    /// the dropped dispatcher's channel: hyper's queue (a tokio mpsc) frees
+    /// what a send raced with the receiver's drop only when the last sender
+    /// goes, and ours sits in the slot. Its answer would never come (the
+    /// agent held the downstream request forever). So once the connection
+    /// is gone, its sender is dropped too: the stranded request comes back
+    /// unwritten and goes on a new connection.
+    async fn attempt<IO, D, F>(
+        &self,
+        h2: bool,
+        req: Request<Incoming>,
+        dial: &D,
+        ended: &Option<CancellationToken>,
+    ) -> Result<Result<Response<Incoming>, TrySendError<Request<Incoming>>>, ForwardError>
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        D: Fn() -> F,
+        F: Future<Output = Result<IO, ForwardError>>,
+    {
+        let (mut answer, closed) = self.dispatch(h2, req, dial, ended).await?;
+        tokio::select! {
+            biased;
+            r = &mut answer => return Ok(r),
+            () = closed.cancelled() => {}
+        }
+        {
+            let mut slot = self.slot.lock().await;
+            if slot.as_ref().is_some_and(|c| c.closed.is_cancelled()) {
+                *slot = None;
+            }
+        }
+        Ok(answer.await)
     }
 
     /// Hands `req` to the connection, dialing one if there is none or it
@@ -261,7 +326,7 @@ impl Upstream {
         req: Request<Incoming>,
         dial: &D,
         ended: &Option<CancellationToken>,
-    ) -> Result<ResponseFuture, ForwardError>
+    ) -> Result<(ResponseFuture, CancellationToken), ForwardError>
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         D: Fn() -> F,
@@ -269,13 +334,14 @@ impl Upstream {
     {
         let mut slot = self.slot.lock().await;
         let reusable = match slot.as_mut() {
-            Some(s) => s.ready().await,
+            Some(c) => !c.closed.is_cancelled() && c.sender.ready().await,
             None => false,
         };
         if !reusable {
             *slot = Some(handshake(h2, dial().await?, ended.clone()).await?);
         }
-        Ok(slot.as_mut().expect("connected above").try_send(req))
+        let conn = slot.as_mut().expect("connected above");
+        Ok((conn.sender.try_send(req), conn.closed.clone()))
     }
 }
 
@@ -283,13 +349,15 @@ async fn handshake<IO>(
     h2: bool,
     io: IO,
     ended: Option<CancellationToken>,
-) -> Result<Sender, ForwardError>
+) -> Result<Connection, ForwardError>
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let io = TokioIo::new(io);
     let ended = ended.unwrap_or_default();
-    if h2 {
+    let closed = CancellationToken::new();
+    let done = closed.clone();
+    let sender = if h2 {
         let (sender, conn) = client2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(proto::STREAM_WINDOW)
             .initial_connection_window_size(proto::CONNECTION_WINDOW)
@@ -301,8 +369,10 @@ where
                 _ = conn => {}
                 () = ended.cancelled() => {}
             }
+            // After the select: the connection (and its queue) is dropped.
+            done.cancel();
         });
-        Ok(Sender::H2(sender))
+        Sender::H2(sender)
     } else {
         let (sender, conn) = client1::Builder::new()
             .preserve_header_case(true)
@@ -314,7 +384,9 @@ where
                 _ = conn.with_upgrades() => {}
                 () = ended.cancelled() => {}
             }
+            done.cancel();
         });
-        Ok(Sender::H1(sender))
-    }
+        Sender::H1(sender)
+    };
+    Ok(Connection { sender, closed })
 }

@@ -22,6 +22,7 @@ fn tcp_spec(name: &str, app_port: u16, target: u16) -> InterceptSpec {
         app_port,
         mechanism: Mechanism::Tcp,
         target: ([127, 0, 0, 1], target).into(),
+        wait: std::time::Duration::ZERO,
     }
 }
 
@@ -34,6 +35,7 @@ fn http_spec(name: &str, app_port: u16, target: u16) -> InterceptSpec {
             path_prefix: None,
         },
         target: ([127, 0, 0, 1], target).into(),
+        wait: std::time::Duration::ZERO,
     }
 }
 
@@ -60,7 +62,7 @@ async fn without_intercepts_connections_pass_through_to_the_app() {
     assert_eq!(line, "app");
     tcp.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
-    tcp.read_exact(&mut buf).await.unwrap();
+    within("read", tcp.read_exact(&mut buf)).await.unwrap();
     assert_eq!(&buf, b"ping");
 }
 
@@ -80,7 +82,7 @@ async fn a_tcp_intercept_takes_new_connections_until_its_session_is_lost() {
     assert_eq!(line, "workstation");
     held.write_all(b"through the tunnel").await.unwrap();
     let mut buf = [0u8; 18];
-    held.read_exact(&mut buf).await.unwrap();
+    within("read", held.read_exact(&mut buf)).await.unwrap();
     assert_eq!(&buf, b"through the tunnel");
 
     // The runner goes away: traffic reverts, the handed-off connection closes.
@@ -265,7 +267,7 @@ async fn an_http_port_passes_requests_and_answers_unchanged() {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
-            tcp.read_exact(&mut byte).await.unwrap();
+            within("read", tcp.read_exact(&mut byte)).await.unwrap();
             head.push(byte[0]);
         }
         let answer = format!(
@@ -284,7 +286,7 @@ async fn an_http_port_passes_requests_and_answers_unchanged() {
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     let (head, length) = loop {
-        let n = tcp.read(&mut buf).await.unwrap();
+        let n = within("read", tcp.read(&mut buf)).await.unwrap();
         assert!(n > 0, "answer cut: {}", String::from_utf8_lossy(&answer));
         answer.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&answer).into_owned();
@@ -303,7 +305,7 @@ async fn an_http_port_passes_requests_and_answers_unchanged() {
         }
     };
     while answer.len() < head.len() + 4 + length {
-        let n = tcp.read(&mut buf).await.unwrap();
+        let n = within("read", tcp.read(&mut buf)).await.unwrap();
         assert!(n > 0, "body cut");
         answer.extend_from_slice(&buf[..n]);
     }
@@ -427,7 +429,7 @@ async fn header_regex_and_path_prefix_select_requests() {
 }
 
 #[tokio::test]
-async fn a_refused_workstation_gets_502_naming_the_intercept_reported_once() {
+async fn a_refused_workstation_gets_503_naming_the_intercept_reported_once() {
     let app = http_server("app").await;
     let agent = Agent::start(&[app.port()], &[]).await;
     let mut session = agent.session("alice").await;
@@ -443,7 +445,8 @@ async fn a_refused_workstation_gets_502_naming_the_intercept_reported_once() {
         let (status, body) = client
             .get("/", &[("x-telepresence-intercept-id", &id)])
             .await;
-        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        // 503: the process may be (re)starting; sending again may succeed.
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(
             body.contains("\"orders\"") && body.contains(&down.to_string()),
             "{body}"
@@ -489,11 +492,11 @@ async fn websocket_upgrades_are_routed_by_headers_then_relayed() {
         let upgraded = hyper::upgrade::on(resp).await.unwrap();
         let mut io = hyper_util::rt::TokioIo::new(upgraded);
         let mut line = vec![0u8; format!("{who} upgraded\n").len()];
-        io.read_exact(&mut line).await.unwrap();
+        within("read", io.read_exact(&mut line)).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&line), format!("{who} upgraded\n"));
         io.write_all(b"frame").await.unwrap();
         let mut echo = [0u8; 5];
-        io.read_exact(&mut echo).await.unwrap();
+        within("read", io.read_exact(&mut echo)).await.unwrap();
         assert_eq!(&echo, b"frame");
     }
 }
@@ -514,7 +517,7 @@ async fn tls_on_an_http_intercepted_port_goes_to_the_app_and_is_reported() {
     let hello = b"\x16\x03\x01\x00\x05hello";
     tcp.write_all(hello).await.unwrap();
     let mut got = vec![0u8; 4 + hello.len()];
-    tcp.read_exact(&mut got).await.unwrap();
+    within("read", tcp.read_exact(&mut got)).await.unwrap();
     assert_eq!(&got[..4], b"app\n");
     assert_eq!(&got[4..], hello, "bytes reach the app untouched");
     let notice = tokio::time::timeout(Duration::from_secs(3), session.next_notice())
@@ -542,7 +545,7 @@ async fn to_pod_relays_a_local_port_to_the_pod() {
     assert_eq!(line, "sidecar");
     tcp.write_all(b"hi").await.unwrap();
     let mut buf = [0u8; 2];
-    tcp.read_exact(&mut buf).await.unwrap();
+    within("read", tcp.read_exact(&mut buf)).await.unwrap();
     assert_eq!(&buf, b"hi");
 
     // Nothing there: the local connection closes.

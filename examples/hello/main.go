@@ -3,9 +3,10 @@
 //	hello [serve]                 serve HTTP on $PORT (default 8080)
 //	hello get URL [-H k:v]... [-wait 30s]
 //	                              print URL's body; exit 1 on failure
-//	hello get URL -n 20 [-interval 250ms] [-H k:v]...
-//	                              n requests on one keep-alive connection,
-//	                              one line each: "reused=<bool> <body>"
+//	hello get URL -n 20 [-interval 250ms] [-new] [-H k:v]...
+//	                              n requests on one keep-alive connection
+//	                              (-new: a new connection each), one line
+//	                              each: "reused=<bool> <body>"
 //	hello sleep                   wait until stopped (a pod to exec into)
 //
 // Server paths: / answers "hello from <$HELLO_WHO or hostname>";
@@ -131,6 +132,7 @@ func get(args []string) error {
 	wait := fs.Duration("wait", 0, "keep retrying failures for this long")
 	count := fs.Int("n", 1, "requests to send on one keep-alive connection")
 	interval := fs.Duration("interval", 0, "pause between those requests")
+	fresh := fs.Bool("new", false, "open a new connection for each of those requests")
 	// Flags may come before or after the URL.
 	var url string
 	for {
@@ -149,7 +151,7 @@ func get(args []string) error {
 		return errors.New("usage: hello get URL [-H k:v]... [-wait 30s]")
 	}
 	if *count > 1 {
-		return repeat(url, headers, *count, *interval)
+		return repeat(url, headers, *count, *interval, *fresh)
 	}
 	deadline := time.Now().Add(*wait)
 	client := &http.Client{Timeout: 10 * time.Second}
@@ -170,10 +172,10 @@ func get(args []string) error {
 // repeat sends n requests on one keep-alive connection (as a pooling proxy
 // would) and prints one line per answer, saying whether the connection was
 // reused; a failed request prints "error: ..." and goes on.
-func repeat(url string, headers []string, n int, interval time.Duration) error {
+func repeat(url string, headers []string, n int, interval time.Duration, fresh bool) error {
 	client := &http.Client{
 		Timeout:   10 * time.Second,
-		Transport: &http.Transport{MaxConnsPerHost: 1},
+		Transport: &http.Transport{MaxConnsPerHost: 1, DisableKeepAlives: fresh},
 	}
 	for i := 0; i < n; i++ {
 		if i > 0 {

@@ -18,7 +18,7 @@
 use crate::names::intercept_name;
 use crate::raw::{
     Map, RawAgent, RawCluster, RawEnv, RawFile, RawHttp, RawIntercept, RawProcess, RawQuantities,
-    RawResources,
+    RawReady, RawResources,
 };
 use crate::source::Sp;
 
@@ -131,6 +131,15 @@ impl Merge for RawProcess {
         self.stop_signal.merge(over.stop_signal);
         self.stop_timeout_s.merge(over.stop_timeout_s);
         self.on_exit.merge(over.on_exit);
+        self.connection_wait_ms.merge(over.connection_wait_ms);
+        merge_table(&mut self.ready, over.ready);
+    }
+}
+
+impl Merge for RawReady {
+    fn merge(&mut self, over: Self) {
+        self.port.merge(over.port);
+        self.path.merge(over.path);
     }
 }
 

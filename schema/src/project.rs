@@ -183,6 +183,18 @@ pub struct Process {
     pub stop_signal: StopSignal,
     pub stop_timeout_s: u64,
     pub on_exit: OnExit,
+    /// How long an intercepted connection waits for the process to listen.
+    pub connection_wait_ms: u64,
+    /// When the process counts as ready, if the file says.
+    pub ready: Option<Ready>,
+}
+
+/// A process is ready when it accepts connections on `port` (and answers
+/// `path` there with a 2xx or 3xx, when given).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ready {
+    pub port: u16,
+    pub path: Option<String>,
 }
 
 impl Process {
@@ -191,6 +203,9 @@ impl Process {
     }
     pub fn stop_timeout(&self) -> Duration {
         Duration::from_secs(self.stop_timeout_s)
+    }
+    pub fn connection_wait(&self) -> Duration {
+        Duration::from_millis(self.connection_wait_ms)
     }
 }
 

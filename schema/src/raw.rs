@@ -227,6 +227,27 @@ pub struct RawProcess {
     /// When the process exits by itself: `wait` for a change, `restart` now, or `stop` tpr. Default: wait.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_exit: Option<Sp<OnExit>>,
+    /// How long an intercepted connection waits for the process to listen (while it starts or restarts) before it is refused and HTTP requests get 503, in milliseconds. Default: 5000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 9000))]
+    pub connection_wait_ms: Option<Sp<i64>>,
+    /// When the process is ready: it accepts connections on `port`, or answers `path` there with a 2xx or 3xx. tpr says so (`process_ready`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<RawReady>,
+}
+
+/// A process's readiness check.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "Ready")]
+pub struct RawReady {
+    /// The local port the process listens on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(required, with = "Option<PortNumber>")]
+    pub port: Option<Sp<u16>>,
+    /// An HTTP path that answers 2xx or 3xx once ready. Default: a TCP connect is enough.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^/"))]
+    pub path: Str,
 }
 
 /// A command: a list is run as is; a string is run by `sh -c`.

@@ -11,7 +11,7 @@ use crate::port::{PortMapping, PortSpecError, port_number};
 use crate::problem::{Problem, ProblemKind};
 use crate::raw::{
     Command, List, Map, RawAgent, RawCluster, RawEnv, RawFile, RawHttp, RawIntercept, RawProcess,
-    RawQuantities, RawResources, Str,
+    RawQuantities, RawReady, RawResources, Str,
 };
 use crate::source::{FileId, Sp, Span};
 use crate::suggest::closest;
@@ -146,6 +146,13 @@ fn env(r: &mut Reader, t: &mut Table) -> RawEnv {
     }
 }
 
+fn ready(r: &mut Reader, t: &mut Table) -> RawReady {
+    RawReady {
+        port: t.take("port").and_then(|v| r.port(v, "port")),
+        path: r.opt_str(t, "path"),
+    }
+}
+
 fn process(r: &mut Reader, t: &mut Table, span: Span) -> RawProcess {
     let mut p = RawProcess {
         span,
@@ -167,6 +174,12 @@ fn process(r: &mut Reader, t: &mut Table, span: Span) -> RawProcess {
             .take("stop_timeout_s")
             .and_then(|v| r.int(v, "stop_timeout_s", 0, 3600)),
         on_exit: t.take("on_exit").and_then(|v| r.choice(v, "on_exit")),
+        connection_wait_ms: t
+            .take("connection_wait_ms")
+            .and_then(|v| r.int(v, "connection_wait_ms", 0, 9_000)),
+        ready: t
+            .take("ready")
+            .and_then(|v| r.table(v, "ready", "[process.ready]", ready)),
     };
     p.rejected = t.rejected([("command", p.command.is_none())]);
     p

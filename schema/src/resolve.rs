@@ -403,6 +403,29 @@ impl Resolver {
             }
             env.insert(k.value, v.value);
         }
+        let ready = p.ready.and_then(|r| {
+            let Some(port) = r.port else {
+                self.invalid(
+                    "ready",
+                    "[process.ready] has no `port`",
+                    "add `port = <the port the process listens on>`",
+                    &p.span,
+                );
+                return None;
+            };
+            if let Some(path) = r.path.as_ref().filter(|p| !p.value.starts_with('/')) {
+                self.invalid(
+                    "path",
+                    format!("`{}` is not a path", path.value),
+                    "a path starts with `/`, e.g. \"/healthz\"",
+                    &path.span,
+                );
+            }
+            Some(Ready {
+                port: port.value,
+                path: r.path.map(|p| p.value),
+            })
+        });
         let workdir = under(root, &p.workdir.map_or_else(String::new, |w| w.value));
         let watch = match p.watch {
             Some(w) if !w.value.is_empty() => {
@@ -425,6 +448,8 @@ impl Resolver {
             stop_signal: p.stop_signal.map_or(StopSignal::Term, |s| s.value),
             stop_timeout_s: p.stop_timeout_s.map_or(5, |s| s.value as u64),
             on_exit: p.on_exit.map_or(OnExit::Wait, |o| o.value),
+            connection_wait_ms: p.connection_wait_ms.map_or(5000, |d| d.value as u64),
+            ready,
         })
     }
 }

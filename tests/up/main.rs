@@ -3,6 +3,7 @@
 //! real requests from a client pod and checks where they arrive.
 
 mod admission;
+mod continuity;
 mod env;
 mod errors;
 mod interrupt;
@@ -422,6 +423,16 @@ async fn every_replica_routes_through_scaling_a_reapplied_manifest_and_a_replace
 #[tokio::test]
 async fn ctrl_c_at_any_moment_of_the_start_exits_cleanly_and_changes_nothing() {
     in_namespace!("up-sigint", (interrupt::interrupt));
+}
+
+#[tokio::test]
+async fn connections_wait_for_a_starting_or_restarting_process_and_none_is_lost() {
+    in_namespace!("up-continuity", (continuity::continuity));
+}
+
+#[tokio::test]
+async fn a_deleted_service_port_or_workload_ends_the_intercept_saying_why() {
+    in_namespace!("up-gone", (replicas::cluster_changes));
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tpr_e2e::{Cluster, Result, repo_root};
@@ -201,12 +201,13 @@ async fn all_local(client: &ClientPod, url: &str, up: &Up, what: &str) {
 }
 
 /// Waits until the Service's endpoints are exactly `n` pods, none of them
-/// terminating.
+/// terminating, and the workload has no other pod.
 async fn wait_endpoints(c: &Cluster, ns: &str, n: usize) -> Result<()> {
     let api = Api::<EndpointSlice>::namespaced(c.client.clone(), ns);
+    let pods = Api::<Pod>::namespaced(c.client.clone(), ns);
     let params = ListParams::default().labels("kubernetes.io/service-name=hello");
     tpr_e2e::wait_for(&format!("{n} endpoints of hello"), UP, || {
-        let (api, params) = (api.clone(), params.clone());
+        let (api, params, pods, ns) = (api.clone(), params.clone(), pods.clone(), ns.to_owned());
         async move {
             let slices = api.list(&params).await?;
             let endpoints: Vec<_> = slices.items.iter().flat_map(|s| &s.endpoints).collect();
@@ -215,14 +216,84 @@ async fn wait_endpoints(c: &Cluster, ns: &str, n: usize) -> Result<()> {
                     let c = e.conditions.clone().unwrap_or_default();
                     c.ready == Some(true) && c.terminating != Some(true)
                 });
-            Ok(settled.then_some(()))
+            // kube-proxy follows the endpoints a moment later (seconds on a
+            // busy node): until then a connection may still be sent to a
+            // removed pod and hang. Wait until its rules have `n` too.
+            let pods = pods
+                .list(&ListParams::default().labels("app=hello"))
+                .await?;
+            Ok((settled && pods.items.len() == n && proxied_endpoints(&ns) == n).then_some(()))
         }
     })
     .await
+}
+
+/// The endpoints of Service `hello` in kube-proxy's rules on this node.
+fn proxied_endpoints(ns: &str) -> usize {
+    let rules = std::process::Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let endpoint = format!("--comment \"{ns}/hello:http -> ");
+    rules
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains(&endpoint))
+        .count()
 }
 
 /// Waits until the Service answers from the workstation again.
 async fn wait_for_local(client: &ClientPod, url: &str, up: &Up) {
     let (body, _) = client.get_until(url, &[], "hello from local", UP).await;
     assert!(body.contains("hello from local"), "{body}\n{}", up.stderr());
+}
+
+/// The Service or the workload goes away under a running intercept: it
+/// ends, saying why, and comes back with the Service.
+pub async fn cluster_changes(c: &Cluster, ns: &str) -> Result<()> {
+    c.apply_yaml(&manifest(1), Some(ns)).await?;
+    let service = repo_root().join("examples/hello/k8s/service.yaml");
+    c.apply_file(&service, Some(ns)).await?;
+    c.wait_deployment(ns, "hello", READY).await?;
+    let port = free_port();
+    let dir = ProjectDir::new(&project(ns, port, "tcp"));
+    let mut up = dir.up(&["--output", "json"]);
+    up.wait_for("\"event\":\"intercept_active\"", UP).await;
+
+    // The Service's port is renamed: the file's `http` is gone.
+    let services = Api::<Service>::namespaced(c.client.clone(), ns);
+    let rename = |name: &str| serde_json::json!({"spec": {"ports": [{"port": 80, "name": name, "targetPort": "http"}]}});
+    services
+        .patch(
+            "hello",
+            &PatchParams::default(),
+            &Patch::Merge(&rename("web")),
+        )
+        .await?;
+    up.wait_for("\"reason\":\"service_changed\"", UP).await;
+    assert!(up.stdout().contains("\"detail\":"), "{}", up.stdout());
+
+    // Back as it was, and the file applied again: active again.
+    services
+        .patch(
+            "hello",
+            &PatchParams::default(),
+            &Patch::Merge(&rename("http")),
+        )
+        .await?;
+    dir.write(&format!("{}\n# again\n", project(ns, port, "tcp")));
+    up.wait_for_n("\"event\":\"intercept_active\"", 2, UP).await;
+
+    // The workload is deleted.
+    let deployments = Api::<Deployment>::namespaced(c.client.clone(), ns);
+    deployments
+        .delete("hello", &DeleteParams::default())
+        .await?;
+    up.wait_for("\"reason\":\"workload_deleted\"", UP).await;
+    assert!(
+        up.stdout().contains("deployment/hello was deleted"),
+        "{}",
+        up.stdout()
+    );
+    Ok(())
 }

@@ -33,6 +33,18 @@ pub fn closed_port() -> u16 {
     free_port()
 }
 
+/// How long a test waits on the network before it fails.
+pub const NET_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Awaits `fut`, failing the test with `what` if the network does not
+/// answer within [`NET_TIMEOUT`] (a hang becomes a message, not a stuck CI).
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(NET_TIMEOUT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("no answer within {NET_TIMEOUT:?}: {what}"),
+    }
+}
+
 /// Retries `check` until it holds or `within` passed; returns the time it took.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
 where
@@ -110,13 +122,18 @@ impl Agent {
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {
-        tunnel::connect(self.grpc).await.expect("agent reachable")
+        within("agent gRPC connect", tunnel::connect(self.grpc))
+            .await
+            .expect("agent reachable")
     }
 
     pub async fn session(&self, user: &str) -> Session {
-        Session::open(self.channel().await, hello(user))
-            .await
-            .expect("session opens")
+        within(
+            "session open",
+            Session::open(self.channel().await, hello(user)),
+        )
+        .await
+        .expect("session opens")
     }
 
     pub fn pid(&self) -> u32 {
@@ -242,7 +259,7 @@ pub struct H1 {
 
 impl H1 {
     pub async fn connect(addr: SocketAddr) -> H1 {
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .unwrap();
@@ -251,8 +268,12 @@ impl H1 {
     }
 
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Response<Incoming> {
-        self.send.ready().await.expect("connection still open");
-        self.send.send_request(req).await.expect("response")
+        within("HTTP/1.1 connection ready", self.send.ready())
+            .await
+            .expect("connection still open");
+        within("HTTP/1.1 response", self.send.send_request(req))
+            .await
+            .expect("response")
     }
 
     /// GET `path` with headers; returns status and body text.
@@ -270,7 +291,7 @@ pub struct H2 {
 
 impl H2 {
     pub async fn connect(addr: SocketAddr) -> H2 {
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
         let (send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
                 .await
@@ -281,11 +302,13 @@ impl H2 {
 
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
         let uri = format!("http://test.local{path}");
-        let resp = self
-            .send
-            .send_request(request("GET", &uri, headers, Bytes::new()))
-            .await
-            .expect("response");
+        let resp = within(
+            "HTTP/2 response",
+            self.send
+                .send_request(request("GET", &uri, headers, Bytes::new())),
+        )
+        .await
+        .expect("response");
         text(resp).await
     }
 }
@@ -308,14 +331,17 @@ pub fn request(
 
 pub async fn text(resp: Response<Incoming>) -> (StatusCode, String) {
     let status = resp.status();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = within("response body", resp.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Connects and reads the first line a server writes ("" when the
 /// connection closes first).
 pub async fn first_line(addr: SocketAddr) -> (TcpStream, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while let Ok(Ok(1)) = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte)).await {

@@ -27,6 +27,7 @@ Each object has an \"event\" field:
   env_written           intercept, file, variables (a count), skipped (names), format
   no_processes
   process_started       process, pid
+  process_ready         process, seconds (its [process.ready] check passed)
   restarting            process, paths (files changed)
   process_exited        process, status {code} or {signal}, restart_in_ms
   process_start_failed  process, error
@@ -35,8 +36,8 @@ Each object has an \"event\" field:
   reload_failed         error
   reconciled            (a file edit changed the intercepts)
   reconcile_failed      error
-  intercept_ended       name, reason (left_file, leave, workload_deleted or agent_lost), detail,
-                        processes (restarted without its env)
+  intercept_ended       name, reason (left_file, leave, workload_deleted, service_changed,
+                        agent_lost), detail, processes (restarted without its env)
   pod_joined            workload, kind, namespace, pod, pods (how many route here now)
   pod_left              workload, kind, namespace, pod, reason, pods
   pod_pending           workload, kind, namespace, pod, error (ready, not connected yet)

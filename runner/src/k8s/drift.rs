@@ -10,6 +10,7 @@
 //! agent is the user's latest template, which is what `uninstall` restores
 //! and what the patch is re-applied to.
 
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::Value;
 
 use super::template::{AgentPort, AgentSpec, PortMode, covers, patch_template, renamed_port};
@@ -55,6 +56,33 @@ pub fn strip(template: &Value, ports: &[AgentPort]) -> Value {
     let Some(spec) = t.get_mut("spec").and_then(Value::as_object_mut) else {
         return t;
     };
+    // The names the agent took: recorded, and those its container declares
+    // (an older install may not have recorded them).
+    let mut swapped: Vec<&str> = ports
+        .iter()
+        .filter_map(|p| match &p.mode {
+            PortMode::Swap { name } => Some(name.as_str()),
+            PortMode::Redirect => None,
+        })
+        .collect();
+    let agent_ports = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("name").and_then(Value::as_str) == Some(AGENT_CONTAINER))
+        .flat_map(|c| {
+            c.get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect::<Vec<String>>();
+    swapped.extend(agent_ports.iter().map(String::as_str));
+    swapped.sort_unstable();
+    swapped.dedup();
+    let swapped: Vec<String> = swapped.into_iter().map(str::to_owned).collect();
     remove_named(spec, "containers", AGENT_CONTAINER);
     remove_named(spec, "initContainers", AGENT_INIT_CONTAINER);
     if spec
@@ -64,16 +92,11 @@ pub fn strip(template: &Value, ports: &[AgentPort]) -> Value {
     {
         spec.remove("initContainers");
     }
-    for port in ports {
-        let PortMode::Swap { name } = &port.mode else {
-            continue;
-        };
-        let renamed = renamed_port(name);
-        let containers = spec.get_mut("containers").and_then(Value::as_array_mut);
-        for c in containers.into_iter().flatten() {
-            if c.get("name").and_then(Value::as_str) == Some(port.container.as_str()) {
-                rename_refs(c, &renamed, name);
-            }
+    // Only the agent ever names a port `tpr-...`: give each its name back.
+    let containers = spec.get_mut("containers").and_then(Value::as_array_mut);
+    for c in containers.into_iter().flatten() {
+        for name in &swapped {
+            rename_refs(c, &renamed_port(name), name);
         }
     }
     t
@@ -119,6 +142,19 @@ pub fn user_template(w: &Workload) -> Result<Value, K8sError> {
     Ok(strip(&w.template_json(), &w.agent_ports()?))
 }
 
+/// [`user_template`], typed.
+pub fn user_pod_template(w: &Workload) -> Result<PodTemplateSpec, K8sError> {
+    typed(w, user_template(w)?)
+}
+
+fn typed(w: &Workload, template: Value) -> Result<PodTemplateSpec, K8sError> {
+    serde_json::from_value(template).map_err(|e| K8sError::BadAnnotation {
+        workload: w.display(),
+        annotation: super::ANNOTATION_ORIGINAL_TEMPLATE,
+        cause: e.to_string(),
+    })
+}
+
 /// How `w` (installed by tpr) differs from the agent patch of its current
 /// template; `None` when it carries the agent as installed.
 pub fn check(w: &Workload, spec: &AgentSpec) -> Result<Option<Drift>, K8sError> {
@@ -127,13 +163,8 @@ pub fn check(w: &Workload, spec: &AgentSpec) -> Result<Option<Drift>, K8sError> 
         return Ok(None);
     }
     let current = w.template_json();
-    let user = strip(&current, &ports);
-    let typed = serde_json::from_value(user).map_err(|e| K8sError::BadAnnotation {
-        workload: w.display(),
-        annotation: super::ANNOTATION_ORIGINAL_TEMPLATE,
-        cause: e.to_string(),
-    })?;
-    let desired = patch_template(&typed, spec, &ports, &w.display())?;
+    let user = typed(w, strip(&current, &ports))?;
+    let desired = patch_template(&user, spec, &ports, &w.display())?;
     let desired = serde_json::to_value(&desired).expect("a pod template serializes");
     if covers(&current, &desired) {
         return Ok(None);

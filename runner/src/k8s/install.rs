@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
-
-use super::drift::user_template;
+use super::drift::{user_pod_template, user_template};
 use super::resolve::get_workload;
 use super::rollout::{RolloutOptions, replace_stale_pods, roll_out, write};
 use super::template::{AgentPort, AgentSpec, PortRequest, covers, merge_ports, patch_template};
@@ -69,12 +67,7 @@ pub async fn install(
         // someone made since the install (a re-applied manifest, a new
         // image) is kept and becomes what `uninstall` restores.
         let original_json = user_template(w)?;
-        let original: PodTemplateSpec =
-            serde_json::from_value(original_json.clone()).map_err(|e| K8sError::BadAnnotation {
-                workload: w.display(),
-                annotation: ANNOTATION_ORIGINAL_TEMPLATE,
-                cause: e.to_string(),
-            })?;
+        let original = user_pod_template(w)?;
         let existing = w.agent_ports()?;
         ports = merge_ports(&original, &existing, requests, spec.grpc_port);
         if ports.is_empty() {

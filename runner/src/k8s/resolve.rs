@@ -178,9 +178,9 @@ pub fn resolve_in(
             });
         }
     };
-    // Resolve against the template as it was before tpr: the installed
-    // agent has taken the Service's port name.
-    let template = workload.original_template()?;
+    // Resolve against the user's template (without the agent): the
+    // installed agent has taken the Service's port name.
+    let template = super::drift::user_pod_template(&workload)?;
     let selecting = selecting_services(services, &template);
     let selecting_names = || {
         selecting

@@ -22,6 +22,14 @@ pub enum SessionEvent {
         name: String,
         pid: u32,
     },
+    /// The process passed its readiness check (`[process.ready]`), this
+    /// long after it started.
+    #[serde(rename = "process_ready")]
+    Ready {
+        #[serde(rename = "process")]
+        name: String,
+        seconds: f64,
+    },
     /// Files changed: the process is being restarted.
     #[serde(rename = "restarting")]
     Changed {
@@ -132,6 +140,12 @@ impl fmt::Display for SessionEvent {
                         delay.as_millis()
                     ),
                 }
+            }
+            SessionEvent::Ready { name, seconds } => {
+                write!(
+                    f,
+                    "process {name} is ready ({seconds:.2} s after its start)"
+                )
             }
             SessionEvent::StartFailed { name: _, error } => {
                 write!(f, "{error} (waiting for a change to retry)")

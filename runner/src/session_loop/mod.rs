@@ -8,6 +8,7 @@
 
 mod control;
 mod event;
+mod ready;
 mod reconcile;
 
 use std::collections::BTreeMap;
@@ -19,11 +20,12 @@ use std::time::Duration;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::supervise::{Output, ProcessSpec, Running, wait_child};
+use crate::supervise::{Output, ProcessSpec, Running, pid_alive, wait_child};
 use crate::watch::{WatchError, WatchSpec, Watcher};
 
 pub use control::{SessionControl, SessionError, SessionHandle, SessionOptions, control_channel};
 pub use event::{Outcome, ReloadCause, SessionEvent};
+pub use ready::Readiness;
 
 use control::Control;
 
@@ -42,6 +44,11 @@ enum Msg {
     BackoffDue {
         name: String,
         run_id: u64,
+    },
+    Ready {
+        name: String,
+        run_id: u64,
+        after: Duration,
     },
 }
 
@@ -281,6 +288,20 @@ where
                         });
                     });
                 }
+                if let Some(check) = slot.spec.ready.clone() {
+                    let tx = self.tx.clone();
+                    let name = name.to_string();
+                    tokio::spawn(async move {
+                        let alive = || !tx.is_closed() && pid_alive(pid);
+                        if let Some(after) = ready::wait_ready(&check, alive).await {
+                            let _ = tx.send(Msg::Ready {
+                                name,
+                                run_id,
+                                after,
+                            });
+                        }
+                    });
+                }
                 slot.running = Some(running);
                 self.emit(SessionEvent::Started {
                     name: name.to_string(),
@@ -337,6 +358,22 @@ where
 
     fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::Ready {
+                name,
+                run_id,
+                after,
+            } => {
+                let current = self
+                    .slots
+                    .get(&name)
+                    .is_some_and(|s| s.run_id == run_id && s.running.is_some());
+                if current && self.shutdown.is_none() {
+                    self.emit(SessionEvent::Ready {
+                        name,
+                        seconds: (after.as_secs_f64() * 100.0).round() / 100.0,
+                    });
+                }
+            }
             Msg::Changed {
                 name,
                 watch_id,

@@ -28,6 +28,8 @@ pub struct ProcessSpec {
     pub stop_timeout: Duration,
     /// Restart by itself after an exit; `None`: wait for the next change.
     pub restart_on_exit: Option<Backoff>,
+    /// When a run counts as ready (`process_ready`); `None`: not checked.
+    pub ready: Option<crate::session_loop::Readiness>,
 }
 
 impl ProcessSpec {
@@ -47,6 +49,7 @@ impl ProcessSpec {
             stop_signal: Signal::SIGTERM,
             stop_timeout: Duration::from_secs(5),
             restart_on_exit: None,
+            ready: None,
         }
     }
 

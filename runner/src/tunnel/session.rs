@@ -24,6 +24,9 @@ use super::TunnelError;
 
 /// How long the agent has to answer a hello or an intercept request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long dialing the local target may take: a full accept backlog drops
+/// SYNs instead of refusing, and the agent's client waits meanwhile.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who opens the session.
 #[derive(Debug, Clone)]
@@ -69,6 +72,9 @@ pub struct InterceptSpec {
     pub mechanism: Mechanism,
     /// Where intercepted connections go on the workstation.
     pub target: SocketAddr,
+    /// How long a connection waits for `target` to listen (a process that
+    /// starts or restarts) before it is refused.
+    pub wait: Duration,
 }
 
 /// Something the user should know, reported once per occurrence (not once
@@ -99,6 +105,8 @@ pub enum Notice {
 
 struct Target {
     addr: SocketAddr,
+    /// How long a connection waits for the target to listen.
+    wait: Duration,
     failing: bool,
 }
 
@@ -202,6 +210,7 @@ impl Session {
             spec.name.clone(),
             Target {
                 addr: spec.target,
+                wait: spec.wait,
                 failing: false,
             },
         );
@@ -370,6 +379,29 @@ fn on_event(
     }
 }
 
+/// Dials the local target. While nothing listens there (the process is
+/// starting or restarting) the connection waits up to `wait`, trying again
+/// every 25 ms, so a restart costs no connection.
+async fn dial_local(addr: SocketAddr, wait: Duration) -> Result<TcpStream, String> {
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e))
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && started.elapsed() < wait =>
+            {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Ok(Err(e)) if started.elapsed() >= wait && !wait.is_zero() => {
+                return Err(format!("{e} (waited {:.1} s)", wait.as_secs_f64()));
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {DIAL_TIMEOUT:?}")),
+        }
+    }
+}
+
 /// Takes one announced connection: dial the local target, then splice it
 /// with a `TakeConnection` stream. A refused dial is reported to the agent
 /// (which answers 502 or closes) and to the user once per outage.
@@ -381,10 +413,10 @@ async fn take(
     notices: mpsc::UnboundedSender<Notice>,
 ) {
     let name = announced.intercept;
-    let target = lock(&shared.targets).get(&name).map(|t| t.addr);
+    let target = lock(&shared.targets).get(&name).map(|t| (t.addr, t.wait));
     let dialed = match target {
         None => Err(format!("intercept {name:?} is not held by this session")),
-        Some(addr) => TcpStream::connect(addr).await.map_err(|e| e.to_string()),
+        Some((addr, wait)) => dial_local(addr, wait).await,
     };
     let set_failing = |failing: bool| {
         let mut targets = lock(&shared.targets);

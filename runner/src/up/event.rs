@@ -239,6 +239,9 @@ pub enum EndReason {
     Leave,
     /// The workload was deleted.
     WorkloadDeleted,
+    /// Its Service or Service port is gone, or now targets another port
+    /// (then it is registered again for that port).
+    ServiceChanged,
     /// The agent could not be put back after someone changed the template.
     AgentLost,
 }

@@ -27,6 +27,10 @@ type WorkloadId = String;
 /// the intercepts, template changes by others are noticed.
 const OBSERVE_EVERY: Duration = Duration::from_millis(500);
 
+/// How often the intercepts' Services are read again: a Service whose
+/// port went away or changed its targetPort is noticed.
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
 /// How often "still reconnecting" is said.
 const RECONNECTING_EVERY: Duration = Duration::from_secs(5);
 
@@ -66,10 +70,16 @@ pub struct Manager {
     /// The agent the project file asks for (what drift is measured against).
     agent: AgentSpec,
     last_observed: Option<Instant>,
+    last_resolved: Option<Instant>,
     /// When "still reconnecting" was last said, per workload.
     reconnecting_said: BTreeMap<WorkloadId, Instant>,
     /// Ctrl-C during the start-up stops its waits and rollouts.
     guard: StartGuard,
+    /// During the first `apply`: an intercept whose process has a
+    /// readiness check is reported ACTIVE once the process is ready.
+    hold_until_ready: bool,
+    /// Those reports, by process.
+    held: Vec<(String, UpEvent)>,
     paths: StatePaths,
     project_file: std::path::PathBuf,
     events: Events,
@@ -96,11 +106,32 @@ impl Manager {
             active: BTreeMap::new(),
             agent: AgentSpec::default(),
             last_observed: None,
+            last_resolved: None,
             reconnecting_said: BTreeMap::new(),
             guard: StartGuard::none(),
+            hold_until_ready: false,
+            held: Vec::new(),
             paths,
             project_file,
             events,
+        }
+    }
+
+    /// Holds the first ACTIVE reports of intercepts whose process has a
+    /// readiness check until [`process_ready`](Self::process_ready).
+    pub fn hold_until_ready(&mut self, hold: bool) {
+        self.hold_until_ready = hold;
+    }
+
+    /// A process passed its readiness check: the intercepts it serves are
+    /// reported ACTIVE.
+    pub fn process_ready(&mut self, process: &str) {
+        let (now, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(p, _)| p == process);
+        self.held = rest;
+        for (_, event) in now {
+            self.events.emit(event);
         }
     }
 
@@ -257,11 +288,13 @@ impl Manager {
                     .collect();
                 for name in existing {
                     let a = self.active.remove(&name).expect("listed");
-                    self.register(&id, a.intercept, a.resolved, false).await?;
+                    self.register(project, &id, a.intercept, a.resolved, false)
+                        .await?;
                 }
             }
             for (intercept, resolved) in items {
-                self.register(&id, intercept, resolved, true).await?;
+                self.register(project, &id, intercept, resolved, true)
+                    .await?;
             }
         }
         self.sync_to_pod().await?;
@@ -286,28 +319,45 @@ impl Manager {
 
     async fn register(
         &mut self,
+        project: &Project,
         id: &WorkloadId,
         intercept: Intercept,
         resolved: Vec<Resolved>,
         print: bool,
     ) -> Result<(), UpError> {
+        let wait = plan::connection_wait(project, &intercept.name);
         let link = self.links.get_mut(id).expect("connected");
         for (index, r) in resolved.iter().enumerate() {
-            link.create(plan::intercept_spec(&intercept, index, r, &self.install_id))
-                .await?;
+            link.create(plan::intercept_spec(
+                &intercept,
+                index,
+                r,
+                &self.install_id,
+                wait,
+            ))
+            .await?;
         }
         if print {
             let ids: Vec<String> = resolved
                 .iter()
                 .map(|r| r.service_port.identifier())
                 .collect();
-            self.events.emit(plan::active(
+            let event = plan::active(
                 &intercept,
                 WorkloadRef::of(&resolved[0].workload),
                 &ids,
                 &self.install_id,
                 &link.pod_names(),
-            ));
+            );
+            // At the start, ACTIVE waits for the process that serves the
+            // intercept to pass its readiness check (connections wait too).
+            let holder = Some(project)
+                .filter(|_| self.hold_until_ready)
+                .and_then(|p| plan::ready_process(p, &intercept.name));
+            match holder {
+                Some(process) => self.held.push((process, event)),
+                None => self.events.emit(event),
+            }
         }
         self.active.insert(
             intercept.name.clone(),
@@ -531,6 +581,13 @@ impl Manager {
                 env_changed |= env;
             }
         }
+        if self
+            .last_resolved
+            .is_none_or(|t| t.elapsed() >= RESOLVE_EVERY)
+        {
+            self.last_resolved = Some(Instant::now());
+            env_changed |= self.check_services().await;
+        }
         if changed || env_changed {
             self.write_state();
         }
@@ -640,6 +697,91 @@ impl Manager {
         let state_changed =
             !followed.left.is_empty() || !followed.joined.is_empty() || !followed.failed.is_empty();
         (state_changed, env_changed)
+    }
+
+    /// Resolves every intercept again: one whose Service or port is gone
+    /// ends with the reason; one whose port now leads elsewhere (a new
+    /// targetPort) is registered again through [`apply`](Self::apply).
+    /// Returns whether an environment changed.
+    async fn check_services(&mut self) -> bool {
+        let Some(project) = self.project.clone() else {
+            return false;
+        };
+        let context_ns = self.cluster.default_namespace().to_owned();
+        let mut moved = false;
+        let mut ended = false;
+        let names: Vec<String> = self.active.keys().cloned().collect();
+        for name in names {
+            let (Some(a), Some(intercept)) = (self.active.get(&name), project.intercept(&name))
+            else {
+                continue;
+            };
+            let ns = plan::namespace_of(&project, intercept, &context_ns);
+            let mut now = Vec::new();
+            let mut gone = None;
+            for port in &intercept.ports {
+                let target = plan::target(intercept, &ns, port.service_port.as_ref());
+                match k8s::resolve(&self.cluster, &target).await {
+                    Ok(r) => now.push(r),
+                    // The Service no longer leads to this port.
+                    Err(
+                        e @ (K8sError::NoService { .. }
+                        | K8sError::ServiceNotFound { .. }
+                        | K8sError::ServiceWithoutSelector { .. }
+                        | K8sError::ServiceDoesNotSelect { .. }
+                        | K8sError::ServiceWithoutPorts { .. }
+                        | K8sError::AmbiguousService { .. }
+                        | K8sError::AmbiguousPort { .. }
+                        | K8sError::PortNotFound { .. }
+                        | K8sError::TargetPortNotFound { .. }),
+                    ) => {
+                        gone = Some(e.to_string());
+                        break;
+                    }
+                    // A deleted workload is the observer's to report; a
+                    // failed request is tried again next time.
+                    Err(_) => break,
+                }
+            }
+            if let Some(why) = gone {
+                let a = self.active.remove(&name).expect("listed");
+                if let Some(link) = self.links.get_mut(&a.link) {
+                    for index in 0..a.intercept.ports.len() {
+                        let _ = link.remove(&plan::agent_name(&a.intercept, index)).await;
+                    }
+                }
+                self.events.emit(UpEvent::InterceptEnded {
+                    processes: self.processes_of(&name),
+                    name,
+                    reason: EndReason::ServiceChanged,
+                    detail: Some(why),
+                });
+                ended = true;
+                continue;
+            }
+            let http = is_http(&a.intercept);
+            let same = now.len() == a.resolved.len()
+                && now.iter().zip(&a.resolved).all(|(n, o)| {
+                    n.service_port == o.service_port && n.port_request(http) == o.port_request(http)
+                });
+            if now.len() == intercept.ports.len() && !same {
+                self.events.emit(UpEvent::Warning {
+                    message: format!(
+                        "the Service of intercept {name} now targets another port: registering it again"
+                    ),
+                });
+                // `apply` re-resolves what is not active: drop it first.
+                if self.end(&name).await.is_ok() {
+                    moved = true;
+                }
+            }
+        }
+        if moved && let Err(e) = self.apply(&project).await {
+            self.events.emit(UpEvent::ReconcileFailed {
+                error: e.to_string(),
+            });
+        }
+        moved || ended
     }
 
     /// "Still reconnecting", at most every few seconds per workload.

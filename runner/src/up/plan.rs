@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -104,6 +105,7 @@ pub fn intercept_spec(
     index: usize,
     resolved: &Resolved,
     install_id: &str,
+    wait: Duration,
 ) -> InterceptSpec {
     let mechanism = match &intercept.mechanism {
         FileMechanism::Tcp => Mechanism::Tcp,
@@ -117,8 +119,32 @@ pub fn intercept_spec(
         app_port: resolved.container_port,
         mechanism,
         target: SocketAddr::from((Ipv4Addr::LOCALHOST, intercept.ports[index].local)),
+        wait,
     }
 }
+
+/// How long an intercepted connection waits for the local process to
+/// listen: the `connection_wait_ms` of the process that takes the
+/// intercept's environment, else the default.
+pub fn connection_wait(project: &Project, intercept: &str) -> Duration {
+    project
+        .processes
+        .iter()
+        .find(|p| p.env_from.as_deref() == Some(intercept))
+        .map_or(DEFAULT_CONNECTION_WAIT, |p| p.connection_wait())
+}
+
+/// The process with a readiness check that takes `intercept`'s environment.
+pub fn ready_process(project: &Project, intercept: &str) -> Option<String> {
+    project
+        .processes
+        .iter()
+        .find(|p| p.env_from.as_deref() == Some(intercept) && p.ready.is_some())
+        .map(|p| p.name.clone())
+}
+
+/// The default of a process's `connection_wait_ms`.
+const DEFAULT_CONNECTION_WAIT: Duration = Duration::from_secs(5);
 
 /// The `intercept_active` event of an intercept: where its ports come
 /// from and go to, and (http) the conditions a request must meet.

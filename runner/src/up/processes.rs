@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tpr_schema::{OnExit, Project};
 
+use crate::session_loop::Readiness;
 use crate::supervise::{Backoff, EnvFilter, ProcessSpec, env_merge, own_env, parse_signal};
 
 use super::UpError;
@@ -41,6 +42,10 @@ pub fn specs(
             spec.stop_signal = parse_signal(&p.stop_signal.to_string())
                 .expect("the file's stop signals are all known");
             spec.stop_timeout = p.stop_timeout();
+            spec.ready = p.ready.as_ref().map(|r| Readiness {
+                port: r.port,
+                path: r.path.clone(),
+            });
             spec.restart_on_exit = (p.on_exit == OnExit::Restart).then_some(Backoff {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(10),

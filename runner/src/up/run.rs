@@ -59,6 +59,8 @@ fn check_not_running(paths: &StatePaths, file: &Path, events: Events) -> Result<
 enum ToManager {
     Reload(Box<Project>),
     Control(Incoming),
+    /// A process passed its readiness check.
+    Ready(String),
 }
 
 /// Runs `tpr up`; returns the exit code. `interrupt` has listened for
@@ -95,7 +97,10 @@ pub async fn up(
         events,
     )
     .with_guard(guard);
-    if let Err(e) = manager.apply(&project).await {
+    manager.hold_until_ready(true);
+    let applied = manager.apply(&project).await;
+    manager.hold_until_ready(false);
+    if let Err(e) = applied {
         manager.shutdown().await;
         return match interrupt.code() {
             // Interrupted: the error says what became of a rollout.
@@ -134,6 +139,7 @@ pub async fn up(
         return Err(e);
     }
     let forward = tx.clone();
+    let ready_tx = tx.clone();
     tokio::spawn(async move {
         while let Some(req) = control_rx.recv().await {
             if forward.send(ToManager::Control(req)).await.is_err() {
@@ -195,7 +201,10 @@ pub async fn up(
     }
     interrupt.disarm();
     let outcome = session_loop::run_session(specs, reload, session_options, |event| {
-        events.emit(UpEvent::Process(event.clone()))
+        events.emit(UpEvent::Process(event.clone()));
+        if let session_loop::SessionEvent::Ready { name, .. } = event {
+            let _ = ready_tx.try_send(ToManager::Ready(name.clone()));
+        }
     })
     .await;
     drop(handle);
@@ -252,6 +261,7 @@ async fn manage(
                         Err(e) => events.emit(UpEvent::ReconcileFailed { error: e.to_string() }),
                     }
                 }
+                Some(ToManager::Ready(process)) => manager.process_ready(&process),
                 Some(ToManager::Control((req, reply))) => {
                     let answer = match req {
                         Request::Status => Ok(serde_json::to_string(&manager.state()).expect("state serializes")),

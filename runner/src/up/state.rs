@@ -122,17 +122,7 @@ impl StatePaths {
     }
 }
 
-/// Whether a process with this pid is alive (and not a zombie).
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|s| s != "Z" && s != "X"),
-        Err(_) => false,
-    }
-}
+pub use crate::supervise::pid_alive;
 
 #[cfg(test)]
 mod tests {
