@@ -16,12 +16,14 @@ use tonic::codegen::{Service, http};
 use tonic::{Request, Response, Status, Streaming};
 use tpr_schema::proto::{
     self, Chunk, GetEnvRequest, GetEnvResponse, HealthRequest, HealthResponse, InterceptResult,
-    SessionEvent, SessionRequest, Welcome,
+    NetworkInfoRequest, NetworkInfoResponse, ResolveRequest, ResolveResponse, SessionEvent,
+    SessionRequest, Welcome,
     agent_server::{Agent, AgentServer},
     pipe, session_event, session_request,
 };
 use tracing::{debug, info, warn};
 
+use crate::outbound;
 use crate::registry::{Registry, TunnelError};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<SessionEvent, Status>> + Send>>;
@@ -31,6 +33,10 @@ pub struct AgentService {
     pub registry: Arc<Registry>,
     pub pod: String,
     pub app_env: BTreeMap<String, String>,
+    /// The app container's mounts (`TPR_AGENT_VOLUMES`), read under
+    /// `volumes_root`.
+    pub mounts: Vec<proto::mounts::Mount>,
+    pub volumes_root: std::path::PathBuf,
 }
 
 fn event(kind: session_event::Kind) -> SessionEvent {
@@ -81,6 +87,7 @@ impl Service<http::Request<Body>> for Router {
         match req.uri().path() {
             pipe::TAKE_CONNECTION => Box::pin(async move { answer(service.take_connection(req)) }),
             pipe::DIAL_POD => Box::pin(async move { answer(service.dial_pod(req).await) }),
+            pipe::DIAL_OUT => Box::pin(async move { answer(service.dial_out(req).await) }),
             _ => self.generated.call(req),
         }
     }
@@ -123,6 +130,23 @@ impl AgentService {
         });
         Ok(pipe::respond(body))
     }
+
+    /// Outbound: dials a destination from the pod for the workstation's
+    /// process and relays it.
+    async fn dial_out(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+        let dest: std::net::SocketAddr = metadata(&req, proto::DEST_METADATA)?
+            .parse()
+            .map_err(|_| Status::invalid_argument("tpr-dest is not an IP socket address"))?;
+        let tcp = outbound::dial(dest).await?;
+        let (tx, body) = pipe::outbound();
+        let inbound = pipe::Inbound::new(req.into_body());
+        tokio::spawn(async move {
+            if let Err(e) = pipe::splice(tcp, inbound, tx).await {
+                debug!(%dest, "outbound relay ended: {e}");
+            }
+        });
+        Ok(pipe::respond(body))
+    }
 }
 
 #[tonic::async_trait]
@@ -130,6 +154,9 @@ impl Agent for AgentService {
     type SessionStream = EventStream;
     type TakeConnectionStream = ChunkStream;
     type DialPodStream = ChunkStream;
+    type VolumesStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::VolumesEvent, Status>>;
+    type DialOutStream = ChunkStream;
 
     async fn session(
         &self,
@@ -191,10 +218,50 @@ impl Agent for AgentService {
         Err(Status::internal("DialPod is served by the router"))
     }
 
+    async fn dial_out(
+        &self,
+        _: Request<Streaming<Chunk>>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        Err(Status::internal("DialOut is served by the router"))
+    }
+
+    async fn resolve(
+        &self,
+        req: Request<ResolveRequest>,
+    ) -> Result<Response<ResolveResponse>, Status> {
+        let answer =
+            outbound::resolve(outbound::ResolvConf::pod(), &req.into_inner().query).await?;
+        Ok(Response::new(ResolveResponse { answer }))
+    }
+
+    async fn network_info(
+        &self,
+        _: Request<NetworkInfoRequest>,
+    ) -> Result<Response<NetworkInfoResponse>, Status> {
+        Ok(Response::new(outbound::network_info(
+            outbound::ResolvConf::pod(),
+            self.app_env.iter(),
+        )))
+    }
+
     async fn get_env(&self, _: Request<GetEnvRequest>) -> Result<Response<GetEnvResponse>, Status> {
         Ok(Response::new(GetEnvResponse {
             env: self.app_env.clone().into_iter().collect(),
         }))
+    }
+
+    async fn volumes(
+        &self,
+        req: Request<proto::VolumesRequest>,
+    ) -> Result<Response<Self::VolumesStream>, Status> {
+        let rx = crate::volumes::serve(
+            self.mounts.clone(),
+            self.volumes_root.clone(),
+            req.into_inner(),
+        );
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {

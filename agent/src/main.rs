@@ -9,9 +9,11 @@ mod forward;
 mod grpc;
 mod http;
 mod iptables;
+mod outbound;
 mod ready;
 mod registry;
 mod relay;
+mod volumes;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -123,6 +125,15 @@ fn run() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let mounts =
+        match proto::mounts::decode(&std::env::var(proto::mounts::VOLUMES_VAR).unwrap_or_default())
+        {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("tpr-agent: {}: {e}", proto::mounts::VOLUMES_VAR);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TPR_AGENT_LOG")
@@ -132,7 +143,7 @@ fn run() -> ExitCode {
         // Container logs are files: colour only on a terminal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match runtime().block_on(serve(config)) {
+    match runtime().block_on(serve(config, mounts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -141,7 +152,7 @@ fn run() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(config: Config, mounts: Vec<proto::mounts::Mount>) -> Result<(), String> {
     let registry = Arc::new(registry::Registry::new(
         config.forwards.iter().map(|f| f.app_port).collect(),
     ));
@@ -165,6 +176,8 @@ async fn serve(config: Config) -> Result<(), String> {
         registry,
         pod: config.pod.clone(),
         app_env: env::app_env(&config.env, &config.env_prefix),
+        mounts,
+        volumes_root: proto::mounts::VOLUMES_ROOT.into(),
     };
     info!(%grpc_addr, pod = %config.pod, "tpr-agent {} serving", env!("CARGO_PKG_VERSION"));
     let server = tonic::transport::Server::builder()

@@ -185,7 +185,7 @@ if [[ -z $tel ]] || ! "$kubectl" get deploy -A 2>/dev/null | grep -q traffic-man
 	exit 0
 fi
 say "telepresence: removing tpr's agent first"
-(cd "$work" && "$tpr" uninstall >/dev/null 2>&1) || true
+(cd "$work" && "$tpr" uninstall --all -n "$ns" >/dev/null)
 "$kubectl" -n "$ns" rollout status deploy/hello --timeout=120s >/dev/null
 until_answer "hello from hello-"
 "$tel" connect -n "$ns" >/dev/null

@@ -11,19 +11,27 @@
 //
 // Server paths: / answers "hello from <$HELLO_WHO or hostname>";
 // /env?name=X returns the value of env var X; /headers echoes the request
-// headers as JSON; /healthz answers ok.
+// headers as JSON; /healthz answers ok; /peer answers the client's IP
+// address as this server sees it; /blob?n=N sends N bytes of a fixed
+// pseudo-random stream (xorshift64 from seed 1, each state little-endian);
+// POST /sum answers "<length> <sha256 hex>" of the request body.
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -70,6 +78,28 @@ func serve() error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from %s\n", who())
+	})
+	mux.HandleFunc("GET /peer", func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		fmt.Fprintln(w, host)
+	})
+	mux.HandleFunc("GET /blob", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		if err != nil || n < 0 {
+			http.Error(w, "n: a byte count", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		writeBlob(w, n)
+	})
+	mux.HandleFunc("POST /sum", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%d %s\n", n, hex.EncodeToString(h.Sum(nil)))
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -227,4 +257,26 @@ func fetch(client *http.Client, url string, headers []string, trace *httptrace.C
 		return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
 	}
 	return body, nil
+}
+
+// writeBlob writes n bytes of the xorshift64 stream seeded with 1.
+func writeBlob(w io.Writer, n int64) {
+	buf := make([]byte, 64<<10)
+	x := uint64(1)
+	for n > 0 {
+		for i := 0; i < len(buf); i += 8 {
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+			binary.LittleEndian.PutUint64(buf[i:], x)
+		}
+		m := int64(len(buf))
+		if n < m {
+			m = n
+		}
+		if _, err := w.Write(buf[:m]); err != nil {
+			return
+		}
+		n -= m
+	}
 }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod envfile;
 pub mod k8s;
+pub mod outbound;
 pub mod project_file;
 pub mod report;
 pub mod session_loop;

@@ -17,8 +17,8 @@
 
 use crate::names::intercept_name;
 use crate::raw::{
-    Map, RawAgent, RawCluster, RawEnv, RawFile, RawHttp, RawIntercept, RawProcess, RawQuantities,
-    RawReady, RawResources,
+    Map, RawAgent, RawCluster, RawEnv, RawFile, RawHttp, RawIntercept, RawNetwork, RawProcess,
+    RawQuantities, RawReady, RawResources, RawVolumes,
 };
 use crate::source::Sp;
 
@@ -70,12 +70,26 @@ fn merge_map(base: &mut Map, over: Map) {
 
 merge_struct!(RawCluster { context, namespace });
 merge_struct!(RawQuantities { cpu, memory });
+merge_struct!(RawVolumes {
+    enabled,
+    dir,
+    include,
+    exclude,
+    max_size
+});
 merge_struct!(RawEnv {
     file,
     format,
     include,
     exclude
 });
+
+impl Merge for RawNetwork {
+    fn merge(&mut self, over: Self) {
+        self.outbound.merge(over.outbound);
+        self.cluster_subnets.merge(over.cluster_subnets);
+    }
+}
 
 impl Merge for RawAgent {
     fn merge(&mut self, over: Self) {
@@ -114,6 +128,7 @@ impl Merge for RawIntercept {
         merge_table(&mut self.http, over.http);
         self.to_pod.merge(over.to_pod);
         merge_table(&mut self.env, over.env);
+        merge_table(&mut self.volumes, over.volumes);
     }
 }
 
@@ -148,6 +163,7 @@ pub fn merge(mut team: RawFile, local: RawFile) -> RawFile {
     team.format_version.merge(local.format_version);
     merge_table(&mut team.cluster, local.cluster);
     merge_table(&mut team.agent, local.agent);
+    merge_table(&mut team.network, local.network);
     for over in local.intercept {
         match team
             .intercept

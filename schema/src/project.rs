@@ -31,6 +31,7 @@ pub struct Project {
     pub root: PathBuf,
     pub cluster: Cluster,
     pub agent: AgentSettings,
+    pub network: Network,
     #[serde(rename = "intercept")]
     pub intercepts: Vec<Intercept>,
     #[serde(rename = "process")]
@@ -41,6 +42,17 @@ impl Project {
     pub fn intercept(&self, name: &str) -> Option<&Intercept> {
         self.intercepts.iter().find(|i| i.name == name)
     }
+}
+
+/// `[network]`: how the local processes reach the network.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Network {
+    /// `Some(true)`: asked for (an error where unavailable); `Some(false)`:
+    /// off; `None`: the default (on with an intercept, a warning where
+    /// unavailable).
+    pub outbound: Option<bool>,
+    /// Extra cluster ranges, each `address/prefix`, checked.
+    pub cluster_subnets: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -88,6 +100,35 @@ pub struct Intercept {
     pub mechanism: Mechanism,
     pub to_pod: Vec<u16>,
     pub env: EnvExport,
+    pub volumes: Volumes,
+}
+
+/// The default of `[intercept.volumes] max_size`: 100 MiB.
+pub const DEFAULT_VOLUMES_MAX_SIZE: u64 = 100 << 20;
+
+/// `[intercept.volumes]`: the pod's mounted files, copied read-only.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Volumes {
+    pub enabled: bool,
+    /// `None`: tpr's private default directory.
+    pub dir: Option<PathBuf>,
+    /// Mount path patterns; empty: every configuration mount.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Bytes.
+    pub max_size: u64,
+}
+
+impl Default for Volumes {
+    fn default() -> Self {
+        Volumes {
+            enabled: true,
+            dir: None,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            max_size: DEFAULT_VOLUMES_MAX_SIZE,
+        }
+    }
 }
 
 impl Intercept {

@@ -10,6 +10,7 @@ mod generated {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     include!("proto/tpr.agent.v1.rs");
 }
+pub mod mounts;
 pub mod pipe;
 
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub use generated::*;
 pub const CONN_ID_METADATA: &str = "tpr-conn-id";
 /// Request metadata of `DialPod`: the pod port to dial.
 pub const PORT_METADATA: &str = "tpr-port";
+/// Request metadata of `DialOut`: the destination, an IP socket address.
+pub const DEST_METADATA: &str = "tpr-dest";
 /// The header of the default http match, valued `<install id>:<intercept>`.
 pub const INTERCEPT_ID_HEADER: &str = "x-telepresence-intercept-id";
 

@@ -30,6 +30,9 @@ pub struct RawFile {
     /// The traffic agent that tpr adds to intercepted pods.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<RawAgent>,
+    /// How the local processes reach the network (outbound to the cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<RawNetwork>,
     /// Workloads whose traffic comes to this machine.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub intercept: Vec<RawIntercept>,
@@ -68,6 +71,24 @@ pub struct RawAgent {
     /// Resources of the agent container.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<RawResources>,
+}
+
+/// How the local processes reach the network.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "Network")]
+pub struct RawNetwork {
+    /// Run each process in its own network namespace whose connections to
+    /// the cluster leave from the intercepted pod (its DNS, source address,
+    /// NetworkPolicies), other destinations from this machine. Default: on
+    /// when the file has an intercept (where namespaces are not available,
+    /// tpr warns once and runs processes as before; `true` makes that an
+    /// error). Linux, as root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<Sp<bool>>,
+    /// More address ranges (CIDR, e.g. "10.0.0.0/8") to dial through the
+    /// agent, beside the pod's and Services' ranges tpr learns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_subnets: List<String>,
 }
 
 /// Resource requests and limits of the agent container.
@@ -143,6 +164,9 @@ pub struct RawIntercept {
     /// Where and how to export the pod's environment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<RawEnv>,
+    /// The files the pod mounts, copied read-only for the processes that take this intercept's environment (`TELEPRESENCE_ROOT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<RawVolumes>,
 }
 
 /// Which requests an http intercept takes.
@@ -177,6 +201,42 @@ pub struct RawEnv {
     /// Never export variables matching these patterns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exclude: List<String>,
+}
+
+/// The files the pod mounts, copied read-only to this machine: `<dir><mountPath>`, kept current; the processes that take the intercept's environment get `TELEPRESENCE_ROOT=<dir>`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "Volumes")]
+pub struct RawVolumes {
+    /// Copy the pod's mounted files. Default: true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<Sp<bool>>,
+    /// Where the copy goes (relative: to this file's directory); removed when tpr up ends. Default: a private directory under $XDG_RUNTIME_DIR (else tpr's state directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Str,
+    /// Mount paths to copy (`*` and `?`; a directory selects the mounts under it). emptyDir, PVC and other data volumes are copied only when a pattern matches their own mount path. Default: every ConfigMap, Secret, projected and downward-API mount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vec<MountPathPattern>>")]
+    pub include: List<String>,
+    /// Mount paths not to copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vec<MountPathPattern>>")]
+    pub exclude: List<String>,
+    /// The most the copied files may hold, e.g. "100MiB" (units B, KiB, MiB, GiB, KB, MB, GB). Default: "100MiB".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]+ ?([KMG]i?B|B)?$"))]
+    pub max_size: Str,
+}
+
+/// An absolute mount path in the pod, `*` and `?` allowed (only its schema is used).
+struct MountPathPattern;
+
+impl JsonSchema for MountPathPattern {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MountPathPattern".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "string", "pattern": "^/" })
+    }
 }
 
 /// A local process that tpr runs with an intercept's environment.

@@ -10,8 +10,8 @@ use crate::choice::Choice;
 use crate::port::{PortMapping, PortSpecError, port_number};
 use crate::problem::{Problem, ProblemKind};
 use crate::raw::{
-    Command, List, Map, RawAgent, RawCluster, RawEnv, RawFile, RawHttp, RawIntercept, RawProcess,
-    RawQuantities, RawReady, RawResources, Str,
+    Command, List, Map, RawAgent, RawCluster, RawEnv, RawFile, RawHttp, RawIntercept, RawNetwork,
+    RawProcess, RawQuantities, RawReady, RawResources, RawVolumes, Str,
 };
 use crate::source::{FileId, Sp, Span};
 use crate::suggest::closest;
@@ -49,6 +49,9 @@ pub fn read_file(file: FileId, text: &str) -> (RawFile, Vec<Problem>) {
         agent: t
             .take("agent")
             .and_then(|v| r.table(v, "agent", "[agent]", agent)),
+        network: t
+            .take("network")
+            .and_then(|v| r.table(v, "network", "[network]", network)),
         intercept: t
             .take("intercept")
             .map(|v| r.tables(v, "intercept", intercept))
@@ -80,6 +83,13 @@ fn agent(r: &mut Reader, t: &mut Table) -> RawAgent {
         resources: t
             .take("resources")
             .and_then(|v| r.table(v, "resources", "[agent.resources]", resources)),
+    }
+}
+
+fn network(r: &mut Reader, t: &mut Table) -> RawNetwork {
+    RawNetwork {
+        outbound: t.take("outbound").and_then(|v| r.boolean(v, "outbound")),
+        cluster_subnets: r.opt_strings(t, "cluster_subnets"),
     }
 }
 
@@ -121,6 +131,9 @@ fn intercept(r: &mut Reader, t: &mut Table, span: Span) -> RawIntercept {
         env: t
             .take("env")
             .and_then(|v| r.table(v, "env", "[intercept.env]", env)),
+        volumes: t
+            .take("volumes")
+            .and_then(|v| r.table(v, "volumes", "[intercept.volumes]", volumes)),
     };
     i.rejected = t.rejected([
         ("workload", i.workload.is_none()),
@@ -143,6 +156,16 @@ fn env(r: &mut Reader, t: &mut Table) -> RawEnv {
         format: t.take("format").and_then(|v| r.choice(v, "format")),
         include: r.opt_strings(t, "include"),
         exclude: r.opt_strings(t, "exclude"),
+    }
+}
+
+fn volumes(r: &mut Reader, t: &mut Table) -> RawVolumes {
+    RawVolumes {
+        enabled: t.take("enabled").and_then(|v| r.boolean(v, "enabled")),
+        dir: r.opt_str(t, "dir"),
+        include: r.opt_strings(t, "include"),
+        exclude: r.opt_strings(t, "exclude"),
+        max_size: r.opt_str(t, "max_size"),
     }
 }
 

@@ -11,7 +11,8 @@ use crate::names::{dns_label_problem, dns_subdomain_problem};
 use crate::problem::{Problem, ProblemKind};
 use crate::project::*;
 use crate::raw::{
-    Command, RawAgent, RawEnv, RawFile, RawHttp, RawIntercept, RawProcess, RawQuantities, Str,
+    Command, RawAgent, RawEnv, RawFile, RawHttp, RawIntercept, RawNetwork, RawProcess,
+    RawQuantities, RawVolumes, Str,
 };
 use crate::source::{FileId, Sp, Span};
 use crate::suggest::closest;
@@ -39,6 +40,7 @@ pub fn resolve(raw: RawFile, root: &Path) -> Result<Project, Vec<Problem>> {
         namespace: r.name(cluster.namespace, "namespace", dns_label_problem),
     };
     let agent = r.agent(raw.agent.unwrap_or_default());
+    let network = r.network(raw.network.unwrap_or_default());
     // Names from the file, so that a broken intercept does not also make
     // every `env_from` naming it fail.
     let names: Vec<String> = raw
@@ -70,6 +72,7 @@ pub fn resolve(raw: RawFile, root: &Path) -> Result<Project, Vec<Problem>> {
             root: root.to_owned(),
             cluster,
             agent,
+            network,
             intercepts,
             processes,
         })
@@ -145,6 +148,26 @@ impl Resolver {
             );
         }
         Some(s.value)
+    }
+
+    fn network(&mut self, n: RawNetwork) -> Network {
+        let mut subnets = Vec::new();
+        for s in n.cluster_subnets.map(|l| l.value).unwrap_or_default() {
+            if is_cidr(&s.value) {
+                subnets.push(s.value);
+            } else {
+                self.invalid(
+                    "cluster_subnets",
+                    format!("`{}` is not an address range", s.value),
+                    "an address and a prefix length, e.g. \"10.0.0.0/8\"",
+                    &s.span,
+                );
+            }
+        }
+        Network {
+            outbound: n.outbound.map(|b| b.value),
+            cluster_subnets: subnets,
+        }
     }
 
     fn agent(&mut self, a: RawAgent) -> AgentSettings {
@@ -233,6 +256,7 @@ impl Resolver {
             (_, None) => Mechanism::Tcp,
         };
         let env = self.env(i.env.unwrap_or_default(), root);
+        let volumes = self.volumes(i.volumes.unwrap_or_default(), root);
         let workload = workload?;
         Some(Intercept {
             name: name.unwrap_or_else(|| workload.clone()),
@@ -249,8 +273,61 @@ impl Resolver {
                 .map(|p| p.value.into_iter().map(|p| p.value).collect())
                 .unwrap_or_default(),
             env,
+            volumes,
             workload,
         })
+    }
+
+    fn volumes(&mut self, v: RawVolumes, root: &Path) -> Volumes {
+        let dir = v.dir.and_then(|d| {
+            if d.value.trim().is_empty() {
+                self.invalid(
+                    "dir",
+                    "it is empty",
+                    "give a directory, e.g. \"/tmp/orders-root\", or remove `dir` for tpr's private default",
+                    &d.span,
+                );
+                return None;
+            }
+            Some(under(root, &d.value))
+        });
+        let mut paths = |key: &str, l: Option<Sp<Vec<Sp<String>>>>| -> Vec<String> {
+            let mut out = Vec::new();
+            for p in l.map(|l| l.value).unwrap_or_default() {
+                if p.value.starts_with('/') {
+                    out.push(p.value);
+                } else {
+                    self.invalid(
+                        key,
+                        format!("`{}` is not an absolute mount path", p.value),
+                        "a mount path of the app container, e.g. \"/etc/config\" (`*` and `?` allowed)",
+                        &p.span,
+                    );
+                }
+            }
+            out
+        };
+        let include = paths("include", v.include);
+        let exclude = paths("exclude", v.exclude);
+        let max_size = match v.max_size {
+            None => DEFAULT_VOLUMES_MAX_SIZE,
+            Some(s) => parse_size(&s.value).unwrap_or_else(|| {
+                self.invalid(
+                    "max_size",
+                    format!("`{}` is not a size", s.value),
+                    "a number of bytes with a unit, e.g. \"100MiB\" or \"2GB\"",
+                    &s.span,
+                );
+                DEFAULT_VOLUMES_MAX_SIZE
+            }),
+        };
+        Volumes {
+            enabled: v.enabled.is_none_or(|b| b.value),
+            dir,
+            include,
+            exclude,
+            max_size,
+        }
     }
 
     fn http(&mut self, h: RawHttp) -> HttpMatch {
@@ -455,6 +532,26 @@ impl Resolver {
 }
 
 /// `path` relative to `root` (unless absolute), without `.` components.
+/// "100MiB", "2 GB", "512": bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n: u64 = text[..digits].parse().ok()?;
+    let unit: u64 = match text[digits..].trim_start() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
 fn under(root: &Path, path: &str) -> PathBuf {
     root.join(path)
         .components()
@@ -469,4 +566,16 @@ fn http_span(h: &RawHttp) -> Option<Span> {
         .map(|m| m.span.clone())
         .or_else(|| h.path_prefix.as_ref().map(|p| p.span.clone()))
         .or_else(|| h.id_header.as_ref().map(|b| b.span.clone()))
+}
+
+/// `10.0.0.0/8`, `fd00::/64`.
+fn is_cidr(s: &str) -> bool {
+    let Some((ip, prefix)) = s.split_once('/') else {
+        return false;
+    };
+    match (ip.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(p)) => p <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(p)) => p <= 128,
+        _ => false,
+    }
 }

@@ -9,10 +9,12 @@ mod errors;
 mod interrupt;
 mod json;
 mod lifecycle;
+mod outbound;
 mod rbac;
 mod replicas;
 mod support;
 mod variants;
+mod volumes;
 mod watch;
 
 use std::os::unix::fs::PermissionsExt;
@@ -468,4 +470,19 @@ async fn a_restricted_namespace_takes_a_named_port_and_refuses_a_numeric_one_bef
 #[tokio::test]
 async fn a_quota_that_refuses_the_agents_pods_is_reported_and_rolled_back() {
     in_namespace!("up-quota", (admission::quota));
+}
+
+#[tokio::test]
+async fn the_pods_mounted_files_are_copied_kept_current_and_removed() {
+    in_namespace!("up-vol", (volumes::volumes));
+}
+
+#[tokio::test]
+async fn outbound_reaches_the_cluster_as_the_intercepted_pod() {
+    in_namespace!("up-out", (outbound::outbound));
+}
+
+#[tokio::test]
+async fn outbound_namespace_is_gone_after_sigkill() {
+    in_namespace!("up-out-kill", (outbound::sigkill));
 }

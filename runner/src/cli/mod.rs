@@ -4,6 +4,7 @@ mod completions;
 mod config;
 mod down;
 mod env;
+mod exec;
 mod leave;
 mod list;
 mod status;
@@ -42,6 +43,8 @@ pub enum Command {
     Uninstall(uninstall::UninstallArgs),
     /// Print an intercept's pod environment.
     Env(env::EnvArgs),
+    /// Run a command in the network view of the running `tpr up` (cluster names and addresses through the intercepted pod).
+    Exec(exec::ExecArgs),
     /// Check telepresence.toml and telepresence.local.toml; touches no cluster.
     Validate(ProjectArgs),
     /// Print the resolved configuration: both files merged, defaults applied.
@@ -62,6 +65,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         Command::List(a) => list::run(&a),
         Command::Uninstall(a) => uninstall::run(&a),
         Command::Env(a) => env::run(&a),
+        Command::Exec(a) => exec::run(&a),
         Command::Validate(project) => validate::run(&project),
         Command::Config(config) => config::run(&config),
         Command::Schema => {

@@ -62,6 +62,10 @@ pub fn run(args: &StatusArgs) -> miette::Result<ExitCode> {
         .as_ref()
         .map(|s| s.intercepts.clone())
         .unwrap_or_default();
+    // The processes' network (outbound namespaces), when tpr up runs.
+    let outbound = state
+        .as_ref()
+        .and_then(|_| crate::outbound::read_state(&crate::outbound::state_path(&paths.file)));
     match args.output {
         Output::Json => {
             let v = json!({
@@ -75,6 +79,7 @@ pub fn run(args: &StatusArgs) -> miette::Result<ExitCode> {
                 "install_id": id,
                 "running": state.as_ref().map(|s| s.pid),
                 "intercepts": intercepts,
+                "outbound": outbound,
             });
             println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
         }
@@ -135,7 +140,14 @@ pub fn run(args: &StatusArgs) -> miette::Result<ExitCode> {
                                 p.detail.as_deref().unwrap_or("-")
                             );
                         }
+                        if let Some(root) = &i.volumes {
+                            println!(
+                                "             mounted files: {} (TELEPRESENCE_ROOT; a read-only copy of the pod's, kept current; writes stay local)",
+                                root.display()
+                            );
+                        }
                     }
+                    print_outbound(outbound.as_ref());
                 }
             }
         }
@@ -144,4 +156,34 @@ pub fn run(args: &StatusArgs) -> miette::Result<ExitCode> {
         return Err(e.into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each process's network: its outbound namespace and the agent it
+/// egresses through, or the host's network.
+fn print_outbound(outbound: Option<&crate::outbound::OutboundState>) {
+    match outbound {
+        None => println!("Network    : processes use this machine's network (outbound off)"),
+        Some(o) if o.disabled.is_some() => println!(
+            "Network    : processes use this machine's network (outbound unavailable: {})",
+            o.disabled.as_deref().unwrap_or("-")
+        ),
+        Some(o) => {
+            for s in &o.spaces {
+                println!(
+                    "Network    : {} in an outbound namespace via intercept {} (pod {}): {} open connections, {} since start, {} DNS queries, {} failures",
+                    if s.processes.is_empty() {
+                        "tpr exec".to_owned()
+                    } else {
+                        s.processes.join(", ")
+                    },
+                    s.intercept,
+                    s.pod.as_deref().unwrap_or("reconnecting"),
+                    s.open_connections,
+                    s.connections,
+                    s.dns_queries,
+                    s.failures
+                );
+            }
+        }
+    }
 }

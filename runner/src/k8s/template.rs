@@ -193,7 +193,18 @@ pub fn patch_template(
         .iter()
         .find(|c| c.name == app_name)
         .ok_or_else(no_container)?;
-    let agent = agent_container(app, spec, ports, workload);
+    let mut agent = agent_container(app, spec, ports, workload);
+    let (volume_mounts, volumes_env) = mounts::agent_mounts(pod, app);
+    agent.volume_mounts = (!volume_mounts.is_empty()).then_some(volume_mounts);
+    if let Some(value) = volumes_env {
+        let env = agent.env.get_or_insert_with(Vec::new);
+        // Beside the agent's other settings, before the app's copy.
+        let at = env
+            .iter()
+            .take_while(|e| e.name.starts_with("TPR_AGENT_"))
+            .count();
+        env.insert(at, plain(tpr_schema::proto::mounts::VOLUMES_VAR, value));
+    }
     pod.containers.retain(|c| c.name != AGENT_CONTAINER);
     pod.containers.push(agent);
 
@@ -452,6 +463,8 @@ pub fn covers(current: &serde_json::Value, desired: &serde_json::Value) -> bool 
         (c, d) => c == d,
     }
 }
+
+mod mounts;
 
 #[cfg(test)]
 mod tests;

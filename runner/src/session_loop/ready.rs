@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// What "ready" means for one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +38,10 @@ pub async fn wait_ready(check: &Readiness, alive: impl Fn() -> bool) -> Option<D
 }
 
 async fn probe(check: &Readiness) -> bool {
-    let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", check.port)).await else {
+    // Where the process listens: its outbound namespace's localhost, if it
+    // runs in one, else the host's.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], check.port));
+    let Ok(mut tcp) = crate::outbound::connect_local(addr).await else {
         return false;
     };
     let Some(path) = &check.path else {

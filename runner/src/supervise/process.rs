@@ -50,17 +50,25 @@ impl Running {
         gated: bool,
     ) -> Result<Running, Error> {
         check_startable(spec)?;
+        // In an outbound namespace, the shim starts `tpr __tpr-netns-exec`,
+        // which joins it and executes the command.
+        let mut argv = spec.argv();
+        if let Some(ns) = &spec.namespace {
+            let mut wrapped = vec![
+                shim_exe.to_string_lossy().into_owned(),
+                crate::outbound::NETNS_EXEC_ARG.to_owned(),
+                ns.net.to_string_lossy().into_owned(),
+                ns.mnt.to_string_lossy().into_owned(),
+            ];
+            wrapped.append(&mut argv);
+            argv = wrapped;
+        }
         let mut command = Command::new(shim_exe);
         command
             // Shows as `tpr __tpr-supervise-shim ...` in ps, whatever path
             // the binary was started through.
             .arg0("tpr")
-            .args(shim_args(
-                spec.stop_signal,
-                spec.stop_timeout,
-                gated,
-                &spec.argv(),
-            ))
+            .args(shim_args(spec.stop_signal, spec.stop_timeout, gated, &argv))
             .env_clear()
             .envs(&spec.env)
             .current_dir(&spec.workdir)

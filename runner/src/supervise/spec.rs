@@ -28,6 +28,9 @@ pub struct ProcessSpec {
     pub stop_timeout: Duration,
     /// Restart by itself after an exit; `None`: wait for the next change.
     pub restart_on_exit: Option<Backoff>,
+    /// Run inside this outbound namespace (`crate::outbound`); `None`: the
+    /// host's network.
+    pub namespace: Option<crate::outbound::NsPaths>,
     /// When a run counts as ready (`process_ready`); `None`: not checked.
     pub ready: Option<crate::session_loop::Readiness>,
 }
@@ -49,6 +52,7 @@ impl ProcessSpec {
             stop_signal: Signal::SIGTERM,
             stop_timeout: Duration::from_secs(5),
             restart_on_exit: None,
+            namespace: None,
             ready: None,
         }
     }
@@ -73,6 +77,7 @@ impl ProcessSpec {
             || self.shell != new.shell
             || self.workdir != new.workdir
             || self.env != new.env
+            || self.namespace != new.namespace
             || self.watch_changed(new)
     }
 

@@ -385,7 +385,8 @@ fn on_event(
 async fn dial_local(addr: SocketAddr, wait: Duration) -> Result<TcpStream, String> {
     let started = std::time::Instant::now();
     loop {
-        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+        // In the processes' outbound namespaces first (their localhost).
+        match tokio::time::timeout(DIAL_TIMEOUT, crate::outbound::connect_local(addr)).await {
             Ok(Ok(tcp)) => return Ok(tcp),
             Ok(Err(e))
                 if e.kind() == std::io::ErrorKind::ConnectionRefused

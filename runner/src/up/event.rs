@@ -68,6 +68,17 @@ pub enum UpEvent {
         workload: WorkloadRef,
         ports: Vec<u16>,
     },
+    /// The pod's mounted files were copied (`TELEPRESENCE_ROOT`).
+    VolumesCopied {
+        intercept: String,
+        dir: PathBuf,
+        files: u64,
+        bytes: u64,
+        /// The mount paths copied.
+        copied: Vec<String>,
+        /// The mounts not copied: `<path> (<volume kind>)`.
+        not_copied: Vec<String>,
+    },
     /// An intercept's env file was (re)written, mode 0600.
     EnvWritten {
         intercept: String,
@@ -160,6 +171,13 @@ pub enum UpEvent {
     LocalReachable { intercept: String, target: String },
     /// The agent's note on an intercept (e.g. TLS passed through).
     AgentNotice { intercept: String, message: String },
+    /// A connection or DNS query of a process in an outbound namespace
+    /// failed (`destination` is `ip:port`, `udp ip:port` or `dns <name>`).
+    OutboundFailed {
+        intercept: String,
+        destination: String,
+        reason: String,
+    },
     /// A problem that does not stop `tpr up`.
     Warning { message: String },
     /// A problem that stops `tpr up` (exit status non-zero).
@@ -277,6 +295,32 @@ impl UpEvent {
                 join(ports),
                 workload.display()
             )),
+            UpEvent::VolumesCopied {
+                intercept,
+                dir,
+                files,
+                bytes,
+                copied,
+                not_copied,
+            } => {
+                let mut text = format!(
+                    "copied {files} files ({bytes} bytes) of intercept {intercept}'s mounts {} to {} (a read-only copy: TELEPRESENCE_ROOT)",
+                    if copied.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        copied.join(", ")
+                    },
+                    dir.display()
+                );
+                if !not_copied.is_empty() {
+                    let _ = write!(
+                        text,
+                        "; not copied: {} (name them in [intercept.volumes] include)",
+                        not_copied.join(", ")
+                    );
+                }
+                Err(text)
+            }
             UpEvent::EnvWritten {
                 intercept,
                 file,
@@ -384,6 +428,13 @@ impl UpEvent {
             UpEvent::AgentNotice { intercept, message } => {
                 Err(format!("intercept {intercept}: {message}"))
             }
+            UpEvent::OutboundFailed {
+                intercept,
+                destination,
+                reason,
+            } => Err(format!(
+                "outbound via intercept {intercept}: {destination}: {reason}"
+            )),
             UpEvent::Warning { message } => Err(message.clone()),
             // The error itself is rendered as a diagnostic by `main`.
             UpEvent::Error { .. } | UpEvent::Stopped { .. } => return None,

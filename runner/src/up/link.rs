@@ -151,6 +151,13 @@ impl Link {
         Ok(link)
     }
 
+    /// The pod the environment comes from and its channel: the pod whose
+    /// mounted files are copied too.
+    pub fn env_source(&self) -> Option<(String, Channel)> {
+        let pod = self.pods.get(self.env_pod.as_ref()?)?;
+        Some((pod.pod.name.clone(), pod.channel.clone()))
+    }
+
     /// Whether at least one pod routes here.
     pub fn connected(&self) -> bool {
         !self.pods.is_empty()

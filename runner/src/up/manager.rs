@@ -75,14 +75,16 @@ pub struct Manager {
     reconnecting_said: BTreeMap<WorkloadId, Instant>,
     /// Ctrl-C during the start-up stops its waits and rollouts.
     guard: StartGuard,
+    paths: StatePaths,
+    project_file: std::path::PathBuf,
+    events: Events,
+    /// The copies of the pods' mounted files (`TELEPRESENCE_ROOT`).
+    volumes: super::volumes::Mirrors,
     /// During the first `apply`: an intercept whose process has a
     /// readiness check is reported ACTIVE once the process is ready.
     hold_until_ready: bool,
     /// Those reports, by process.
     held: Vec<(String, UpEvent)>,
-    paths: StatePaths,
-    project_file: std::path::PathBuf,
-    events: Events,
 }
 
 impl Manager {
@@ -109,11 +111,12 @@ impl Manager {
             last_resolved: None,
             reconnecting_said: BTreeMap::new(),
             guard: StartGuard::none(),
-            hold_until_ready: false,
-            held: Vec::new(),
             paths,
             project_file,
             events,
+            volumes: Default::default(),
+            hold_until_ready: false,
+            held: Vec::new(),
         }
     }
 
@@ -312,6 +315,8 @@ impl Manager {
             }
         }
         self.project = Some(project.clone());
+        // Copied before the processes start.
+        self.sync_volumes().await?;
         self.write_env_files()?;
         self.write_state();
         Ok(changed)
@@ -413,8 +418,31 @@ impl Manager {
             link.close().await;
         }
         self.sync_to_pod().await?;
+        let _ = self.sync_volumes().await;
         self.write_state();
         Ok(())
+    }
+
+    /// The copies of the mounted files of the active intercepts, each read
+    /// from the pod its environment comes from.
+    async fn sync_volumes(&mut self) -> Result<(), UpError> {
+        let Some(project) = &self.project else {
+            return Ok(());
+        };
+        let wants = self
+            .active
+            .values()
+            .filter_map(|a| {
+                let root = super::volumes::root_of(project, &a.intercept)?;
+                Some(super::volumes::Want {
+                    intercept: a.intercept.name.clone(),
+                    root,
+                    settings: a.intercept.volumes.clone(),
+                    source: self.links.get(&a.link).and_then(|l| l.env_source()),
+                })
+            })
+            .collect();
+        self.volumes.sync(wants, self.events).await
     }
 
     /// `tpr leave NAME`: ends the intercept until the next `tpr up`. The
@@ -522,6 +550,7 @@ impl Manager {
                             tpr_schema::Mechanism::Tcp => "tcp".into(),
                             tpr_schema::Mechanism::Http(_) => "http".into(),
                         },
+                        volumes: self.volumes.root(&a.intercept.name),
                     }
                 })
                 .collect();
@@ -587,6 +616,12 @@ impl Manager {
         {
             self.last_resolved = Some(Instant::now());
             env_changed |= self.check_services().await;
+        }
+        // A copy whose pod left follows the new one.
+        if let Err(e) = self.sync_volumes().await {
+            self.events.emit(UpEvent::Warning {
+                message: e.to_string(),
+            });
         }
         if changed || env_changed {
             self.write_state();
@@ -875,8 +910,18 @@ impl Manager {
         self.reconnecting_said.remove(id);
     }
 
+    /// Each active intercept's agent for outbound (`crate::outbound`): the
+    /// pod its environment comes from, and its channel.
+    pub fn egress_channels(&self) -> BTreeMap<String, (String, tonic::transport::Channel)> {
+        self.active
+            .iter()
+            .filter_map(|(name, a)| Some((name.clone(), self.links.get(&a.link)?.env_source()?)))
+            .collect()
+    }
+
     /// Ends every session and removes the state.
     pub async fn shutdown(&mut self) {
+        self.volumes.stop();
         self.active.clear();
         for (_, link) in std::mem::take(&mut self.links) {
             link.close().await;

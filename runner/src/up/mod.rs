@@ -14,6 +14,7 @@ mod processes;
 mod progress;
 pub mod run;
 pub mod state;
+mod volumes;
 
 use miette::Diagnostic;
 
@@ -88,6 +89,12 @@ pub enum UpError {
     /// Building a process's environment failed.
     #[error(transparent)]
     Supervise(#[from] crate::supervise::Error),
+    /// The pod's mounted files could not be copied here.
+    #[error("TELEPRESENCE_ROOT of intercept {intercept}: {message}")]
+    Volumes { intercept: String, message: String },
+    /// Outbound (the processes' network namespaces) cannot be set up.
+    #[error(transparent)]
+    Outbound(#[from] crate::outbound::OutboundError),
     /// Ctrl-C or SIGTERM stopped the start-up.
     #[error("interrupted")]
     Interrupted,

@@ -36,6 +36,15 @@ pub fn specs(
             };
             let mut spec = ProcessSpec::new(p.name.clone(), p.command.clone(), p.workdir.clone());
             spec.env = env_merge(&own, imported, &p.env, &filter)?;
+            // The copy of the pod's mounted files, while the intercept is up
+            // (its copy exists then).
+            if let Some(i) = p.env_from.as_deref().and_then(|n| project.intercept(n))
+                && envs.contains_key(&i.name)
+            {
+                for (k, v) in super::volumes::env_of(project, i) {
+                    spec.env.entry(k).or_insert(v);
+                }
+            }
             spec.watch = p.watch.clone();
             spec.ignore = p.ignore.clone();
             spec.debounce = p.debounce();

@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 use tpr_schema::{LOCAL_FILE, Project};
 
 use crate::k8s::{Cluster, ClusterOptions};
+use crate::outbound::{self, Outbound};
 use crate::session_loop::{self, SessionHandle, SessionOptions};
+use crate::supervise::ProcessSpec;
 
 use super::control::{self, Incoming, Request};
 use super::event::{Events, UpEvent};
@@ -79,6 +81,14 @@ pub async fn up(
     });
     let paths = StatePaths::for_project(&options.file)?;
     check_not_running(&paths, &options.file, events)?;
+    // Before the cluster changes: a file that asks for outbound where it
+    // cannot be had stops here.
+    let outbound = Outbound::new(
+        &project.network,
+        !project.intercepts.is_empty(),
+        events,
+        outbound::state_path(&paths.file),
+    )?;
     let cluster = match guard.run(connect(&project)).await {
         Err(UpError::Interrupted) => return Ok(interrupt.code().unwrap_or(130)),
         other => other?,
@@ -115,8 +125,15 @@ pub async fn up(
             None => Err(e),
         };
     }
+    if let Some(o) = &outbound {
+        o.set_channels(manager.egress_channels());
+        if let Err(e) = o.prepare(&project).await {
+            manager.shutdown().await;
+            return Err(e.into());
+        }
+    }
     let envs = Arc::new(Mutex::new(manager.envs()));
-    let specs = match processes::specs(&project, &manager.envs()) {
+    let specs = match specs_for(&project, &manager.envs(), outbound.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             manager.shutdown().await;
@@ -178,14 +195,17 @@ pub async fn up(
         handle.clone(),
         envs.clone(),
         events,
+        outbound.clone(),
     ));
     let file = options.file.clone();
     let reload_envs = envs.clone();
+    let reload_outbound = outbound.clone();
     let reload = move || {
         let project = tpr_schema::load(&file).map_err(render_load_error)?;
-        let specs = processes::specs(
+        let specs = specs_for(
             &project,
             &reload_envs.lock().unwrap_or_else(|e| e.into_inner()),
+            reload_outbound.as_deref(),
         )
         .map_err(|e| e.to_string())?;
         let _ = tx.try_send(ToManager::Reload(Box::new(project)));
@@ -210,7 +230,23 @@ pub async fn up(
     drop(handle);
     let _ = stop.send(());
     let _ = manager_task.await;
+    if let Some(o) = &outbound {
+        o.remove_state();
+    }
     Ok(outcome?.exit_code())
+}
+
+/// The process specs, each in its outbound namespace when outbound is on.
+fn specs_for(
+    project: &Project,
+    envs: &BTreeMap<String, BTreeMap<String, String>>,
+    outbound: Option<&Outbound>,
+) -> Result<Vec<ProcessSpec>, UpError> {
+    let mut specs = processes::specs(project, envs)?;
+    if let Some(o) = outbound {
+        o.assign(project, &mut specs)?;
+    }
+    Ok(specs)
 }
 
 fn render_load_error(e: tpr_schema::LoadError) -> String {
@@ -218,6 +254,8 @@ fn render_load_error(e: tpr_schema::LoadError) -> String {
 }
 
 /// The manager's loop: file reloads, control requests, lost sessions.
+// One argument per thing the loop drives; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn manage(
     mut manager: Manager,
     initial: Project,
@@ -226,6 +264,7 @@ async fn manage(
     handle: SessionHandle,
     envs: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>,
     events: Events,
+    outbound: Option<Arc<Outbound>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,7 +277,7 @@ async fn manage(
         if *shared != now {
             *shared = now;
             if let Some(p) = project
-                && let Ok(specs) = processes::specs(p, &shared)
+                && let Ok(specs) = specs_for(p, &shared, outbound.as_deref())
             {
                 handle.update(specs);
             }
@@ -252,6 +291,12 @@ async fn manage(
                 Some(ToManager::Reload(p)) => {
                     match manager.apply(&p).await {
                         Ok(changed) => {
+                            if let Some(o) = &outbound {
+                                o.set_channels(manager.egress_channels());
+                                if let Err(e) = o.prepare(&p).await {
+                                    events.emit(UpEvent::ReconcileFailed { error: e.to_string() });
+                                }
+                            }
                             if changed {
                                 events.emit(UpEvent::Reconciled);
                             }
@@ -284,6 +329,11 @@ async fn manage(
             _ = tick.tick() => {
                 if manager.check_links().await {
                     publish(&manager, &project);
+                }
+                // A reconnected agent is the one outbound dials through.
+                if let Some(o) = &outbound {
+                    o.set_channels(manager.egress_channels());
+                    o.write_state();
                 }
             }
         }

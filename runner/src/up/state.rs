@@ -29,6 +29,9 @@ pub struct InterceptState {
     pub ports: Vec<String>,
     /// `tcp` or `http`.
     pub mechanism: String,
+    /// The read-only copy of the pod's mounted files (`TELEPRESENCE_ROOT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<PathBuf>,
 }
 
 /// One ready agent pod of an intercepted workload.
@@ -61,7 +64,7 @@ pub struct StatePaths {
     pub socket: PathBuf,
 }
 
-fn state_dir() -> Result<PathBuf, UpError> {
+pub(super) fn state_dir() -> Result<PathBuf, UpError> {
     std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -72,7 +75,7 @@ fn state_dir() -> Result<PathBuf, UpError> {
 
 /// FNV-1a: stable across builds, unlike std's hasher, so every tpr finds
 /// the same file for a project.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -115,8 +118,12 @@ impl StatePaths {
         super::env_export::write_private(&self.file, &json)
     }
 
-    /// Removes the state file and the socket (missing is fine).
+    /// Removes the state file and the socket (missing is fine), and the
+    /// copies of mounted files the state names (after a crash).
     pub fn remove(&self) {
+        if let Some(state) = self.read() {
+            super::volumes::remove_stale(&state);
+        }
         let _ = std::fs::remove_file(&self.file);
         let _ = std::fs::remove_file(&self.socket);
     }

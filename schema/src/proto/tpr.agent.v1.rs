@@ -185,6 +185,127 @@ pub struct InterceptInfo {
     #[prost(string, tag = "4")]
     pub holder: ::prost::alloc::string::String,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VolumesRequest {
+    /// Mount paths (globs; a directory selects the mounts under it) to copy.
+    /// Empty: every ConfigMap, Secret, projected and downward-API mount. Data
+    /// volumes (emptyDir, PVC, ...) are copied only when named here.
+    #[prost(string, repeated, tag = "1")]
+    pub include: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Mount paths not to copy, applied after `include`.
+    #[prost(string, repeated, tag = "2")]
+    pub exclude: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The most bytes the selected mounts may hold; 0: no limit.
+    #[prost(uint64, tag = "3")]
+    pub max_size: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct VolumesEvent {
+    #[prost(oneof = "volumes_event::Kind", tags = "1, 2, 3, 4, 5")]
+    pub kind: ::core::option::Option<volumes_event::Kind>,
+}
+/// Nested message and enum types in `VolumesEvent`.
+pub mod volumes_event {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        Mounts(super::MountList),
+        #[prost(message, tag = "2")]
+        Dir(super::VolumeDir),
+        #[prost(message, tag = "3")]
+        File(super::VolumeFile),
+        #[prost(message, tag = "4")]
+        Removed(super::VolumeRemoved),
+        #[prost(message, tag = "5")]
+        Synced(super::VolumesSynced),
+    }
+}
+/// Every mount of the app container, copied or not. With `too_big` nothing
+/// follows: the selected mounts hold more than `max_size`.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MountList {
+    #[prost(message, repeated, tag = "1")]
+    pub mounts: ::prost::alloc::vec::Vec<MountInfo>,
+    #[prost(bool, tag = "2")]
+    pub too_big: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MountInfo {
+    /// The app's mount path.
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// The volume's source: configMap, secret, projected, downwardAPI,
+    /// serviceAccountToken (the automounted token), emptyDir,
+    /// persistentVolumeClaim, ...
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub copied: bool,
+    /// Of a copied mount: its files' total size and count.
+    #[prost(uint64, tag = "4")]
+    pub bytes: u64,
+    #[prost(uint64, tag = "5")]
+    pub files: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VolumeDir {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub mode: u32,
+}
+/// A file's content, whole or in parts: every part but the last has `more`.
+/// The workstation replaces the file when the last part arrives.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VolumeFile {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub mode: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bool, tag = "4")]
+    pub more: bool,
+}
+/// A file or directory (with what it held) that is gone.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VolumeRemoved {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VolumesSynced {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResolveRequest {
+    /// A DNS message (RFC 1035 wire format).
+    #[prost(bytes = "vec", tag = "1")]
+    pub query: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResolveResponse {
+    /// The nameserver's answer, as it sent it.
+    #[prost(bytes = "vec", tag = "1")]
+    pub answer: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NetworkInfoRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NetworkInfoResponse {
+    /// The pod's resolv.conf: search domains in order, nameservers, `ndots`.
+    #[prost(string, repeated, tag = "1")]
+    pub search: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "2")]
+    pub nameservers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint32, tag = "3")]
+    pub ndots: u32,
+    /// The pod's own IP address.
+    #[prost(string, tag = "4")]
+    pub pod_ip: ::prost::alloc::string::String,
+    /// Service IPs the pod knows from its environment (`*_SERVICE_HOST`),
+    /// e.g. the API server's: they tell the Service range.
+    #[prost(string, repeated, tag = "5")]
+    pub service_ips: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum Mechanism {
@@ -460,6 +581,117 @@ pub mod agent_client {
             req.extensions_mut().insert(GrpcMethod::new("tpr.agent.v1.Agent", "Health"));
             self.inner.unary(req, path, codec).await
         }
+        /// The files the app container mounts (`TELEPRESENCE_ROOT`), read from the
+        /// agent's read-only copies of its mounts: first `MountList`, then (unless
+        /// it says `too_big`) the selected mounts' directories and files and
+        /// `VolumesSynced`; then every change (checked each second), each batch
+        /// ending with `VolumesSynced`. Paths are the app's paths.
+        pub async fn volumes(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VolumesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::VolumesEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tpr.agent.v1.Agent/Volumes",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tpr.agent.v1.Agent", "Volumes"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Outbound: dial <ip>:<port> from the pod (so the peer sees the pod's
+        /// address, its NetworkPolicies apply) and relay bytes. Request metadata
+        /// `tpr-dest` names the destination as an IP socket address (names are
+        /// resolved first, through `Resolve`). Fails with UNAVAILABLE when the
+        /// dial fails or times out.
+        pub async fn dial_out(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::Chunk>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::Chunk>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tpr.agent.v1.Agent/DialOut",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tpr.agent.v1.Agent", "DialOut"));
+            self.inner.streaming(req, path, codec).await
+        }
+        /// Outbound DNS: one DNS query in wire format, asked of the pod's first
+        /// nameserver (its resolv.conf) over UDP, then TCP when the UDP answer is
+        /// truncated; the raw answer. The pod's search list is applied by the
+        /// asking resolver (see `NetworkInfo`), as in the pod.
+        pub async fn resolve(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ResolveRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ResolveResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tpr.agent.v1.Agent/Resolve",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tpr.agent.v1.Agent", "Resolve"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The pod's network view, for the workstation's outbound namespace.
+        pub async fn network_info(
+            &mut self,
+            request: impl tonic::IntoRequest<super::NetworkInfoRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::NetworkInfoResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tpr.agent.v1.Agent/NetworkInfo",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tpr.agent.v1.Agent", "NetworkInfo"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -529,6 +761,52 @@ pub mod agent_server {
             &self,
             request: tonic::Request<super::HealthRequest>,
         ) -> std::result::Result<tonic::Response<super::HealthResponse>, tonic::Status>;
+        /// Server streaming response type for the Volumes method.
+        type VolumesStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::VolumesEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// The files the app container mounts (`TELEPRESENCE_ROOT`), read from the
+        /// agent's read-only copies of its mounts: first `MountList`, then (unless
+        /// it says `too_big`) the selected mounts' directories and files and
+        /// `VolumesSynced`; then every change (checked each second), each batch
+        /// ending with `VolumesSynced`. Paths are the app's paths.
+        async fn volumes(
+            &self,
+            request: tonic::Request<super::VolumesRequest>,
+        ) -> std::result::Result<tonic::Response<Self::VolumesStream>, tonic::Status>;
+        /// Server streaming response type for the DialOut method.
+        type DialOutStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::Chunk, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Outbound: dial <ip>:<port> from the pod (so the peer sees the pod's
+        /// address, its NetworkPolicies apply) and relay bytes. Request metadata
+        /// `tpr-dest` names the destination as an IP socket address (names are
+        /// resolved first, through `Resolve`). Fails with UNAVAILABLE when the
+        /// dial fails or times out.
+        async fn dial_out(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::Chunk>>,
+        ) -> std::result::Result<tonic::Response<Self::DialOutStream>, tonic::Status>;
+        /// Outbound DNS: one DNS query in wire format, asked of the pod's first
+        /// nameserver (its resolv.conf) over UDP, then TCP when the UDP answer is
+        /// truncated; the raw answer. The pod's search list is applied by the
+        /// asking resolver (see `NetworkInfo`), as in the pod.
+        async fn resolve(
+            &self,
+            request: tonic::Request<super::ResolveRequest>,
+        ) -> std::result::Result<tonic::Response<super::ResolveResponse>, tonic::Status>;
+        /// The pod's network view, for the workstation's outbound namespace.
+        async fn network_info(
+            &self,
+            request: tonic::Request<super::NetworkInfoRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::NetworkInfoResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct AgentServer<T> {
@@ -811,6 +1089,182 @@ pub mod agent_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = HealthSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tpr.agent.v1.Agent/Volumes" => {
+                    #[allow(non_camel_case_types)]
+                    struct VolumesSvc<T: Agent>(pub Arc<T>);
+                    impl<
+                        T: Agent,
+                    > tonic::server::ServerStreamingService<super::VolumesRequest>
+                    for VolumesSvc<T> {
+                        type Response = super::VolumesEvent;
+                        type ResponseStream = T::VolumesStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VolumesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::volumes(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VolumesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tpr.agent.v1.Agent/DialOut" => {
+                    #[allow(non_camel_case_types)]
+                    struct DialOutSvc<T: Agent>(pub Arc<T>);
+                    impl<T: Agent> tonic::server::StreamingService<super::Chunk>
+                    for DialOutSvc<T> {
+                        type Response = super::Chunk;
+                        type ResponseStream = T::DialOutStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::Chunk>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::dial_out(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DialOutSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tpr.agent.v1.Agent/Resolve" => {
+                    #[allow(non_camel_case_types)]
+                    struct ResolveSvc<T: Agent>(pub Arc<T>);
+                    impl<T: Agent> tonic::server::UnaryService<super::ResolveRequest>
+                    for ResolveSvc<T> {
+                        type Response = super::ResolveResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ResolveRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::resolve(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ResolveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tpr.agent.v1.Agent/NetworkInfo" => {
+                    #[allow(non_camel_case_types)]
+                    struct NetworkInfoSvc<T: Agent>(pub Arc<T>);
+                    impl<T: Agent> tonic::server::UnaryService<super::NetworkInfoRequest>
+                    for NetworkInfoSvc<T> {
+                        type Response = super::NetworkInfoResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::NetworkInfoRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::network_info(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = NetworkInfoSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

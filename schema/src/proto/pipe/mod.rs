@@ -35,6 +35,7 @@ use super::CHUNK_SIZE;
 /// Paths of the byte-stream calls, as the generated service names them.
 pub const TAKE_CONNECTION: &str = "/tpr.agent.v1.Agent/TakeConnection";
 pub const DIAL_POD: &str = "/tpr.agent.v1.Agent/DialPod";
+pub const DIAL_OUT: &str = "/tpr.agent.v1.Agent/DialOut";
 
 /// Receiving half: the payloads of the peer's chunks.
 pub struct Inbound {
