@@ -54,7 +54,8 @@ async fn down(paths: &StatePaths, state: State) -> Result<(), UpError> {
                     state.pid, state.pid
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Short: `tpr down` returning is what scripts wait for.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         for i in &state.intercepts {
             println!("ended intercept {}", i.name);

@@ -118,6 +118,15 @@ pub async fn agent_pods(cluster: &Cluster, workload: &Workload) -> Result<AgentP
 
 /// Finds one ready pod of the workload with its current agent.
 pub async fn find_agent_pod(cluster: &Cluster, workload: &Workload) -> Result<AgentPod, K8sError> {
+    Ok(ready_agent_pods(cluster, workload).await?.pods.remove(0))
+}
+
+/// [`agent_pods`], failing with [`K8sError::NoAgentPod`] (saying why) when
+/// none is ready.
+pub async fn ready_agent_pods(
+    cluster: &Cluster,
+    workload: &Workload,
+) -> Result<AgentPods, K8sError> {
     let found = agent_pods(cluster, workload).await?;
     let w = &found.workload;
     let no_pod = |detail: String| K8sError::NoAgentPod {
@@ -130,12 +139,13 @@ pub async fn find_agent_pod(cluster: &Cluster, workload: &Workload) -> Result<Ag
     if !installed {
         return Err(no_pod("the agent is not installed".into()));
     }
-    found.pods.into_iter().next().ok_or_else(|| {
-        no_pod(format!(
+    if found.pods.is_empty() {
+        return Err(no_pod(format!(
             "{} pods, none ready with the current agent",
             found.total
-        ))
-    })
+        )));
+    }
+    Ok(found)
 }
 
 /// Waits up to `timeout` for a ready pod with the current agent, e.g. after
@@ -145,9 +155,21 @@ pub async fn wait_for_agent_pod(
     workload: &Workload,
     timeout: std::time::Duration,
 ) -> Result<AgentPod, K8sError> {
+    Ok(wait_for_agent_pods(cluster, workload, timeout)
+        .await?
+        .pods
+        .remove(0))
+}
+
+/// [`wait_for_agent_pod`], with the workload and all its ready agent pods.
+pub async fn wait_for_agent_pods(
+    cluster: &Cluster,
+    workload: &Workload,
+    timeout: std::time::Duration,
+) -> Result<AgentPods, K8sError> {
     let start = std::time::Instant::now();
     loop {
-        match find_agent_pod(cluster, workload).await {
+        match ready_agent_pods(cluster, workload).await {
             Err(K8sError::NoAgentPod { detail, .. })
                 if start.elapsed() < timeout
                     && detail.as_deref() != Some("the agent is not installed") =>

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use super::drift::{user_pod_template, user_template};
 use super::resolve::get_workload;
 use super::rollout::{RolloutOptions, replace_stale_pods, roll_out, write};
-use super::template::{AgentPort, AgentSpec, PortRequest, covers, merge_ports, patch_template};
+use super::template::{
+    AgentPort, AgentSpec, PortMode, PortRequest, covers, merge_ports, patch_template,
+};
 use super::{
     ANNOTATION_AGENT_PORTS, ANNOTATION_ORIGINAL_TEMPLATE, Cluster, K8sError, Progress, Rollback,
     Workload, WorkloadKind,
@@ -61,7 +63,17 @@ pub async fn install(
     progress: &dyn Progress,
 ) -> Result<InstallOutcome, K8sError> {
     let mut ports = Vec::new();
-    let level = super::admission::enforce_level(cluster, &namespace(workload)).await;
+    // Only the init container of redirected ports is ever refused: read
+    // the namespace's level (one more request) only when one is involved.
+    let redirects = requests.iter().any(|r| r.mode == PortMode::Redirect)
+        || workload
+            .agent_ports()?
+            .iter()
+            .any(|p| p.mode == PortMode::Redirect);
+    let level = match redirects {
+        true => super::admission::enforce_level(cluster, &namespace(workload)).await,
+        false => None,
+    };
     let change = |w: &Workload| -> Result<Option<Change>, K8sError> {
         // The patch goes on top of the user's latest template, so a change
         // someone made since the install (a re-applied manifest, a new

@@ -45,7 +45,7 @@ mod workload;
 
 pub use agent_pod::{
     AgentPod, AgentPods, PortForwardConnector, PortForwardStream, agent_channel, agent_pods,
-    find_agent_pod, port_forward, wait_for_agent_pod,
+    find_agent_pod, port_forward, ready_agent_pods, wait_for_agent_pod, wait_for_agent_pods,
 };
 pub use cluster::{Cluster, ClusterOptions};
 pub use diagnose::{PodProblem, diagnose_pod};

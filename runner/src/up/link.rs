@@ -125,15 +125,12 @@ impl Link {
         hello: Hello,
     ) -> Result<Self, UpError> {
         // An installed agent's pod may be restarting: wait for it a while.
-        let first = k8s::wait_for_agent_pod(cluster, &workload, Duration::from_secs(60)).await?;
+        let found = k8s::wait_for_agent_pods(cluster, &workload, Duration::from_secs(60)).await?;
+        let first = found.pods[0].clone();
         let pod = PodLink::open(cluster, first.clone(), hello.clone()).await?;
         let env = tunnel::get_env(pod.channel.clone())
             .await
             .map_err(|e| UpError::agent(&first, e))?;
-        let mut found = k8s::agent_pods(cluster, &workload).await?;
-        if !found.pods.contains(&first) {
-            found.pods.push(first.clone());
-        }
         let mut link = Link {
             workload: found.workload,
             pods: BTreeMap::from([(first.name.clone(), pod)]),
