@@ -486,3 +486,18 @@ async fn outbound_reaches_the_cluster_as_the_intercepted_pod() {
 async fn outbound_namespace_is_gone_after_sigkill() {
     in_namespace!("up-out-kill", (outbound::sigkill));
 }
+
+#[tokio::test]
+async fn outbound_connection_ends_when_the_agent_pod_goes_and_new_ones_work_after() {
+    in_namespace!("up-out-gone", (outbound::pod_deleted));
+}
+
+#[tokio::test]
+async fn outbound_reaches_a_to_pod_sidecar_on_the_namespaces_localhost() {
+    in_namespace!("up-out-topod", (outbound::to_pod));
+}
+
+#[tokio::test]
+async fn outbound_dns_answers_externalname_srv_and_ptr_as_the_cluster() {
+    in_namespace!("up-out-dns", (outbound::dns_records));
+}

@@ -422,3 +422,222 @@ pub async fn sigkill(c: &Cluster, ns: &str) -> Result<()> {
     assert!(gone.is_ok(), "still there: pid {pid} or {netns}");
     Ok(())
 }
+
+/// The project of the outbound cases: the local hello, intercepting
+/// `workload`'s `http` port, with `extra` in its intercept.
+fn intercept_project(ns: &str, workload: &str, extra: &str) -> ProjectDir {
+    let port = free_port();
+    ProjectDir::new(&format!(
+        "format_version = 1\n[cluster]\nnamespace = \"{ns}\"\n[[intercept]]\nworkload = \"{workload}\"\nport = \"{port}:http\"\n{extra}\n{}",
+        local_hello(port, workload)
+    ))
+}
+
+/// The agent's pod deleted while an outbound connection is open: the
+/// process sees that connection end (an error, not a hang), and once tpr
+/// has reconnected to the new pod, new connections leave from it.
+pub async fn pod_deleted(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    c.apply_yaml(SERVERS, Some(ns)).await?;
+    c.wait_deployment(ns, "web", crate::support::READY).await?;
+    let project = std::sync::Arc::new(intercept_project(ns, "hello", ""));
+    let mut up = project.up(&[]);
+    up.wait_for(ACTIVE, UP).await;
+    up.wait_for("process local started", UP).await;
+    let old = c.ready_pods(ns, "app=hello").await?;
+    let source = pod_ip(c, ns, "app=hello").await?;
+    let out = exec(&project, "curl -sS --max-time 20 http://web/peer");
+    assert_eq!(stdout(&out), source, "{}", text(&out));
+
+    // A keep-alive connection, open and idle once its answer is in: bash
+    // holds it, `cat` waits for its end.
+    let answer = project.path().join("answer");
+    let script = format!(
+        "exec 3<>/dev/tcp/web/80 || exit 9; \
+         printf 'GET /peer HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n' >&3; \
+         cat <&3 >{}; echo ended status=$?",
+        answer.display()
+    );
+    let p = project.clone();
+    let open = tokio::task::spawn_blocking(move || p.tpr(&["exec", "--", "bash", "-c", &script]));
+    let body = format!("\r\n\r\n{source}\n");
+    let answered = tpr_e2e::wait_for(
+        "the answer on the open connection",
+        Duration::from_secs(30),
+        || {
+            let got = std::fs::read_to_string(&answer).unwrap_or_default();
+            let done = got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with(&body);
+            async move { Ok(done.then_some(())) }
+        },
+    )
+    .await;
+    assert!(
+        answered.is_ok(),
+        "{:?}\n{}",
+        std::fs::read_to_string(&answer),
+        up.stderr()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!open.is_finished(), "the connection ended by itself");
+
+    let pods = Api::<Pod>::namespaced(c.client.clone(), ns);
+    let deleted = std::time::Instant::now();
+    for p in &old {
+        pods.delete(
+            p.metadata.name.as_deref().unwrap_or_default(),
+            &kube::api::DeleteParams::default(),
+        )
+        .await?;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), open)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the open connection still hangs 60 s after the pod went\n{}",
+                up.stderr()
+            )
+        })
+        .expect("the connection's task");
+    let took = deleted.elapsed();
+    eprintln!(
+        "the open connection ended {took:?} after the pod's deletion: {}",
+        text(&out)
+    );
+    assert!(stdout(&out).starts_with("ended status="), "{}", text(&out));
+    assert!(took < Duration::from_secs(30), "{took:?}: {}", text(&out));
+
+    // tpr reconnects to the new pod; new connections leave from it.
+    up.wait_for("lost connection to agent in pod", Duration::from_secs(30))
+        .await;
+    up.wait_for("restored", UP).await;
+    let new_source = pod_ip(c, ns, "app=hello").await?;
+    assert_ne!(new_source, source, "the same pod IP");
+    let out = exec(&project, "curl -sS --max-time 20 http://web/peer");
+    assert_eq!(stdout(&out), new_source, "{}\n{}", text(&out), up.stderr());
+    let out = exec(&project, "getent hosts web; echo status=$?");
+    assert!(stdout(&out).ends_with("status=0"), "{}", text(&out));
+    Ok(())
+}
+
+/// A workload with a sidecar on `side` that only its pod's localhost reaches.
+fn sidecar_yaml(side: u16) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: side}}
+spec:
+  selector: {{matchLabels: {{app: side}}}}
+  template:
+    metadata: {{labels: {{app: side}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - {{name: app, image: "hello:0.1.0", args: [serve], ports: [{{name: http, containerPort: 8080}}]}}
+        - name: side
+          image: "hello:0.1.0"
+          args: [serve]
+          env: [{{name: PORT, value: "{side}"}}, {{name: HELLO_WHO, value: sidecar}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: side}}
+spec:
+  selector: {{app: side}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#
+    )
+}
+
+/// A `to_pod` port from inside the namespace: the process's 127.0.0.1:PORT
+/// is the pod's sidecar, reached over the pod's own localhost.
+pub async fn to_pod(c: &Cluster, ns: &str) -> Result<()> {
+    let side = free_port();
+    c.apply_yaml(&sidecar_yaml(side), Some(ns)).await?;
+    c.wait_deployment(ns, "side", crate::support::READY).await?;
+    let project = intercept_project(ns, "side", &format!("to_pod = [{side}]"));
+    let mut up = project.up(&[]);
+    up.wait_for(ACTIVE, UP).await;
+    up.wait_for("process local started", UP).await;
+    let out = exec(
+        &project,
+        &format!(
+            "ip route | grep -q 'default dev tpr0' || exit 9; \
+             curl -sS --max-time 20 http://127.0.0.1:{side}/ && \
+             curl -sS --max-time 20 http://127.0.0.1:{side}/peer"
+        ),
+    );
+    assert_eq!(
+        stdout(&out),
+        "hello from sidecar\n127.0.0.1",
+        "{}\n{}",
+        text(&out),
+        up.stderr()
+    );
+    Ok(())
+}
+
+/// The record types beyond A: an ExternalName Service's CNAME, SRV for a
+/// named port (a Service and a headless one), PTR for a Service IP and a
+/// headless pod's IP. The host's resolver (a fake) knows none of them, so
+/// every answer is the cluster's, through the agent.
+pub async fn dns_records(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    c.apply_yaml(SERVERS, Some(ns)).await?;
+    c.apply_yaml(
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: ext}}\nspec: {{type: ExternalName, externalName: web.{ns}.svc.cluster.local}}\n"
+        ),
+        Some(ns),
+    )
+    .await?;
+    c.wait_deployment(ns, "web", crate::support::READY).await?;
+    c.wait_statefulset(ns, "db", crate::support::READY).await?;
+    let services: Api<Service> = Api::namespaced(c.client.clone(), ns);
+    let cluster_ip = services
+        .get("web")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("web has a ClusterIP");
+    let db_ip = pod_ip(c, ns, "app=db").await?;
+
+    let dns = fake_host_dns();
+    let project = intercept_project(ns, "hello", "");
+    let mut up = project.up_env(&[], &[("TPR_HOST_NAMESERVERS", &dns.to_string())]);
+    up.wait_for(ACTIVE, UP).await;
+    up.wait_for("process local started", UP).await;
+    let web = format!("web.{ns}.svc.cluster.local.");
+    let db0 = format!("db-0.db.{ns}.svc.cluster.local.");
+    let cases = [
+        (
+            format!("ext.{ns}.svc.cluster.local"),
+            format!("{web}\n{cluster_ip}"),
+        ),
+        (
+            format!("SRV _http._tcp.web.{ns}.svc.cluster.local"),
+            format!("0 100 80 {web}"),
+        ),
+        (
+            format!("SRV _http._tcp.db.{ns}.svc.cluster.local"),
+            format!("0 100 8080 {db0}"),
+        ),
+        (format!("-x {cluster_ip}"), web.clone()),
+        (format!("-x {db_ip}"), db0.clone()),
+    ];
+    for (query, want) in &cases {
+        let out = exec(
+            &project,
+            &format!("dig +short +time=5 +tries=1 @127.0.0.53 {query}"),
+        );
+        assert_eq!(&stdout(&out), want, "dig {query}: {}", text(&out));
+    }
+    // The ExternalName by its short name, as a program's libc asks.
+    let out = exec(&project, "getent hosts ext");
+    assert!(
+        stdout(&out).starts_with(&format!("{cluster_ip} ")),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
