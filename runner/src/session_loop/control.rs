@@ -28,6 +28,10 @@ pub struct SessionOptions {
     /// Send the processes' stdout to tpr's stderr, keeping tpr's stdout
     /// for machine-readable output (`tpr up --output json`).
     pub stdout_to_stderr: bool,
+    /// SIGINT and SIGTERM listeners made before the session starts (by a
+    /// caller that handled the signals itself until then); else the
+    /// session makes its own.
+    pub signals: Option<super::Signals>,
 }
 
 impl SessionOptions {
@@ -51,6 +55,7 @@ impl SessionOptions {
             handle_signals: true,
             control: None,
             stdout_to_stderr: false,
+            signals: None,
         })
     }
 }

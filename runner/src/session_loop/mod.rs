@@ -103,6 +103,27 @@ struct Session<R, E> {
     next_id: u64,
     _project_watcher: Option<Watcher>,
     shutdown: Option<Outcome>,
+    /// Made before any process starts: a signal is never lost in between.
+    signals: Option<Signals>,
+}
+
+/// The session's SIGINT and SIGTERM listeners. A signal delivered while no
+/// listener exists is lost (tokio keeps its handler installed), so whoever
+/// hands the signals over makes these first and stops listening after.
+#[derive(Debug)]
+pub struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    /// Starts listening.
+    pub fn listen() -> Result<Self, SessionError> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).map_err(SessionError::Signals)?,
+            terminate: signal(SignalKind::terminate()).map_err(SessionError::Signals)?,
+        })
+    }
 }
 
 impl<R, E> Session<R, E>
@@ -110,7 +131,12 @@ where
     R: FnMut() -> Result<Vec<ProcessSpec>, String>,
     E: FnMut(&SessionEvent),
 {
-    fn new(options: SessionOptions, reload: R, on_event: E) -> Result<Self, SessionError> {
+    fn new(mut options: SessionOptions, reload: R, on_event: E) -> Result<Self, SessionError> {
+        let signals = match options.signals.take() {
+            Some(s) => Some(s),
+            None if options.handle_signals => Some(Signals::listen()?),
+            None => None,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let project_watcher = if options.project_files.is_empty() {
             None
@@ -141,6 +167,7 @@ where
             next_id: 0,
             _project_watcher: project_watcher,
             shutdown: None,
+            signals,
         })
     }
 
@@ -175,8 +202,10 @@ where
     }
 
     async fn run(&mut self) -> Result<Outcome, SessionError> {
-        let mut interrupts = self.signal(SignalKind::interrupt())?;
-        let mut terminates = self.signal(SignalKind::terminate())?;
+        let (mut interrupts, mut terminates) = match self.signals.take() {
+            Some(s) => (Some(s.interrupt), Some(s.terminate)),
+            None => (None, None),
+        };
         let mut control = self.options.control.take();
         loop {
             if let Some(outcome) = &self.shutdown
@@ -198,13 +227,6 @@ where
                 },
             }
         }
-    }
-
-    fn signal(&self, kind: SignalKind) -> Result<Option<Signal>, SessionError> {
-        if !self.options.handle_signals {
-            return Ok(None);
-        }
-        signal(kind).map(Some).map_err(SessionError::Signals)
     }
 
     fn emit(&mut self, event: SessionEvent) {

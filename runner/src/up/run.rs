@@ -211,8 +211,10 @@ pub async fn up(
         let _ = tx.try_send(ToManager::Reload(Box::new(project)));
         Ok(specs)
     };
-    // From here the supervisor handles Ctrl-C (a signal that came during
-    // the last steps ends the run the usual way).
+    // From here the supervisor handles Ctrl-C: its listeners exist before
+    // the start-up's stop, so no signal falls between the two (one that
+    // came during the last steps ends the run the usual way).
+    session_options.signals = Some(session_loop::Signals::listen()?);
     if let Some(code) = interrupt.code() {
         drop(handle);
         let _ = stop.send(());
