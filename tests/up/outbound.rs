@@ -385,22 +385,35 @@ pub async fn sigkill(c: &Cluster, ns: &str) -> Result<()> {
     let mut up = project.up(&[]);
     up.wait_for(ACTIVE, UP).await;
     up.wait_for("process local started", UP).await;
-    // The local hello: the process whose environment has its PORT.
-    let pids = Command::new("pgrep")
-        .args([
-            "-f",
-            &format!("{} serve", crate::support::hello_bin().display()),
-        ])
-        .output()
-        .expect("pgrep");
-    let mut inside = None;
-    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        if String::from_utf8_lossy(&environ).contains(&format!("PORT={port}\0")) {
-            inside = Some((pid.to_owned(), netns_of(pid).expect("its namespace")));
+    // The local hello: the process running the hello binary whose
+    // environment has its PORT. The wrapper that enters the namespace has
+    // the same command line until it execs: wait for the exec.
+    let hello = std::fs::canonicalize(crate::support::hello_bin()).expect("hello binary");
+    let find = || {
+        let pids = Command::new("pgrep")
+            .args([
+                "-f",
+                &format!("{} serve", crate::support::hello_bin().display()),
+            ])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&pids.stdout)
+            .split_whitespace()
+            .find(|pid| {
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == hello)
+                    && String::from_utf8_lossy(&environ).contains(&format!("PORT={port}\0"))
+            })
+            .map(|pid| (pid.to_owned(), netns_of(pid).expect("its namespace")))
+    };
+    let started = std::time::Instant::now();
+    let (pid, netns) = loop {
+        if let Some(found) = find() {
+            break found;
         }
-    }
-    let (pid, netns) = inside.expect("the local process runs");
+        assert!(started.elapsed() < UP, "the local process never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_ne!(
         netns_of("self"),
         Some(netns.clone()),
