@@ -75,7 +75,8 @@ pub async fn list(cluster: &Cluster, namespace: &str) -> Result<Vec<WorkloadSumm
 
 /// One workload's summary from objects already read.
 pub fn summarize(w: &Workload, services: &[Service]) -> WorkloadSummary {
-    let interceptable = match w.original_template() {
+    // The user's latest template, as resolution reads it.
+    let interceptable = match super::drift::user_pod_template(w) {
         Err(e) => Interceptable::No {
             reason: e.to_string(),
         },
