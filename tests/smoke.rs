@@ -1,13 +1,14 @@
 //! Smoke test of the test cluster: proves it is a real Kubernetes with
-//! working Service networking, cluster DNS, port-forwarding and
-//! controllers. Needs `tests/cluster/up` (and `load-images`) to have run.
+//! working Service networking, cluster DNS, port-forwarding, controllers
+//! and an ingress controller. Needs `tests/cluster/up` (and `load-images`) to have run.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tpr_e2e::{Cluster, Error, Result, repo_root, wait_for};
+use tpr_e2e::browser::Browser;
+use tpr_e2e::{Cluster, Error, Result, ingress, page, repo_root, wait_for};
 
 const HELLO_IMAGE: &str = "hello:0.1.0";
 const READY: Duration = Duration::from_secs(90);
@@ -248,4 +249,52 @@ async fn netns_pod_deletable(c: &Cluster, ns: &str) -> Result<()> {
 #[tokio::test]
 async fn a_pod_from_before_ip_netns_add_is_deletable_after_it() {
     in_namespace!("smoke-netns", netns_pod_deletable);
+}
+
+/// Traefik on the node's ports 80 and 443 routes an Ingress's host to the
+/// Service's pod, in plain HTTP and in TLS with the cluster's wildcard
+/// certificate (verified against its CA by curl and by a headless
+/// browser, which fails without the CA).
+async fn ingress_routes(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    let host = ingress::host_for(ns);
+    ingress::deploy_ingress(c, ns, &host, true).await?;
+    let pods = c.ready_pods(ns, "app=hello").await?;
+    let pod = pods[0].metadata.name.clone().expect("a pod name");
+    for https in [false, true] {
+        let r = ingress::get(&host, "/", https, &[]).await?;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, format!("hello from {pod}\n"), "{r:?}");
+        let r = ingress::get(&host, "/headers", https, &["X-Test: 1"]).await?;
+        let seen: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+        assert_eq!(seen["Host"], host.as_str(), "{seen}");
+        assert_eq!(seen["X-Test"], "1", "{seen}");
+        let proto = if https { "https" } else { "http" };
+        assert_eq!(seen["X-Forwarded-Proto"], proto, "{seen}");
+    }
+    // A host no Ingress names is the controller's 404.
+    let other = ingress::get(&ingress::host_for(&format!("x-{ns}")), "/", false, &[]).await?;
+    assert!(
+        other.status == 404 && other.is_from_controller(),
+        "{other:?}"
+    );
+    // A browser trusting the CA gets the cluster's page with its
+    // stylesheet and fetch; one that does not refuses the certificate.
+    let page = format!("https://{host}/page");
+    let dom = Browser::new()?.dump_dom(&page).await?;
+    assert!(dom.contains(&page::result("cluster")), "{dom}");
+    let err = Browser::with_ca(None)?
+        .dump_dom(&page)
+        .await
+        .expect_err("an unknown CA");
+    assert!(
+        err.to_string().contains("ERR_CERT_AUTHORITY_INVALID"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn ingress_controller_routes_a_host_over_http_and_verified_tls() {
+    in_namespace!("smoke-ingress", ingress_routes);
 }

@@ -7,7 +7,9 @@
 //! Paths: `direct` (client -> server), `passthrough` (client -> agent ->
 //! app, no intercept), `intercepted` (client -> agent -> gRPC tunnel ->
 //! runner-side client -> workstation server; http intercept for requests,
-//! tcp intercept for the transfer).
+//! tcp intercept for the transfer), and `preview_cookie` (the same
+//! intercept reached by its preview cookie instead of its header;
+//! `latency_p50_added_preview_cookie_vs_header` is the difference).
 //!
 //! Run: `bench/agent/run.sh` (or `cargo bench -p tpr-agent --bench agent`).
 //! Prints `name value unit` lines. Sizes via TPR_BENCH_BYTES (default 1 GiB).
@@ -29,7 +31,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tpr::tunnel::{self, Hello, InterceptSpec, Mechanism, Session};
+use tpr::tunnel::{self, Hello, InterceptSpec, Mechanism, PreviewToken, Session};
 
 const LATENCY_SAMPLES: usize = 5_000;
 const RPS_CONNECTIONS: usize = 8;
@@ -37,6 +39,10 @@ const RPS_DURATION: Duration = Duration::from_secs(3);
 const OPEN_CONNECTIONS: usize = 1_000;
 const IO_BUFFER: usize = 256 << 10;
 const THROUGHPUT_ROUNDS: usize = 5;
+/// Rounds of the header and preview-cookie latencies, alternated.
+const PREVIEW_ROUNDS: usize = 6;
+/// The bench intercept's preview token.
+const PREVIEW_TOKEN: &str = "bench-preview-0123456789abcdef";
 /// Rounds of the one-path mode (TPR_BENCH_ONLY), made for profilers.
 const PROFILE_ROUNDS: usize = 5;
 
@@ -375,7 +381,8 @@ async fn run() {
     )
     .await
     .unwrap();
-    // The request figures' intercept: the default match (this session's id).
+    // The request figures' intercept: the default match (this session's
+    // id), and a preview token, sent as a browser would among other cookies.
     let http_intercept = InterceptSpec {
         name: "http".into(),
         app_port: app_http.port(),
@@ -385,6 +392,10 @@ async fn run() {
         },
         target: ws_http,
         wait: std::time::Duration::ZERO,
+        preview: Some(PreviewToken {
+            token: PREVIEW_TOKEN.into(),
+            secure: false,
+        }),
     };
     session
         .create_intercept(http_intercept.clone())
@@ -401,6 +412,7 @@ async fn run() {
         mechanism: Mechanism::Tcp,
         target: ws_sink,
         wait: std::time::Duration::ZERO,
+        preview: None,
     };
     if let Ok(path) = std::env::var("TPR_BENCH_ONLY") {
         let target = match path.as_str() {
@@ -440,7 +452,27 @@ async fn run() {
     // The http port routes per request now; passthrough is measured on a
     // plain relay below, before the tcp intercept.
     let routed_to_app = latency(front_http, &[]).await;
-    let intercepted = latency(front_http, &mine).await;
+    // The two ways into an intercept, alternated (and which goes first, too)
+    // so that other load hits both alike; each figure is the median of its
+    // rounds.
+    let cookie = format!("_ga=GA1.1.1234567890; tpr_preview={PREVIEW_TOKEN}; theme=dark");
+    let by_cookie = [("cookie", cookie.as_str())];
+    let (mut by_header_rounds, mut by_cookie_rounds) = (Vec::new(), Vec::new());
+    for round in 0..PREVIEW_ROUNDS {
+        if round % 2 == 0 {
+            by_header_rounds.push(latency(front_http, &mine).await);
+            by_cookie_rounds.push(latency(front_http, &by_cookie).await);
+        } else {
+            by_cookie_rounds.push(latency(front_http, &by_cookie).await);
+            by_header_rounds.push(latency(front_http, &mine).await);
+        }
+    }
+    let median_of = |rounds: Vec<(f64, f64)>| {
+        let (p50, p99): (Vec<f64>, Vec<f64>) = rounds.into_iter().unzip();
+        (median(p50), median(p99))
+    };
+    let intercepted = median_of(by_header_rounds);
+    let preview_cookie = median_of(by_cookie_rounds);
 
     // Throughput: rounds interleave the three paths so that load from other
     // processes hits them alike; each figure is the median of its rounds.
@@ -492,6 +524,7 @@ async fn run() {
         ("passthrough", passthrough),
         ("http_routed_to_app", routed_to_app),
         ("intercepted", intercepted),
+        ("preview_cookie", preview_cookie),
     ] {
         figure(&format!("latency_p50_{path}"), p50, "us");
         figure(&format!("latency_p99_{path}"), p99, "us");
@@ -509,6 +542,13 @@ async fn run() {
     figure(
         "latency_p50_added_intercepted",
         intercepted.0 - direct.0,
+        "us",
+    );
+    // What routing by the preview cookie (parse, compare, strip) adds to
+    // routing by the intercept header.
+    figure(
+        "latency_p50_added_preview_cookie_vs_header",
+        preview_cookie.0 - intercepted.0,
         "us",
     );
     throughput_figures("throughput", t_direct, t_pass, t_icpt);

@@ -157,6 +157,7 @@ impl Agent for AgentService {
     type VolumesStream =
         tokio_stream::wrappers::ReceiverStream<Result<proto::VolumesEvent, Status>>;
     type DialOutStream = ChunkStream;
+    type DialUdpStream = ChunkStream;
 
     async fn session(
         &self,
@@ -223,6 +224,24 @@ impl Agent for AgentService {
         _: Request<Streaming<Chunk>>,
     ) -> Result<Response<ChunkStream>, Status> {
         Err(Status::internal("DialOut is served by the router"))
+    }
+
+    async fn dial_udp(
+        &self,
+        req: Request<Streaming<Chunk>>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let dest: std::net::SocketAddr = req
+            .metadata()
+            .get(proto::DEST_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Status::invalid_argument("tpr-dest is not an IP socket address"))?;
+        let socket = outbound::dial_udp(dest).await?;
+        let (tx, rx) = mpsc::channel(outbound::UDP_QUEUE);
+        tokio::spawn(outbound::relay_udp(socket, req.into_inner(), tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn resolve(
@@ -303,9 +322,11 @@ fn handle(
         session_request::Kind::Ping(_) | session_request::Kind::Hello(_) => {}
         session_request::Kind::CreateIntercept(create) => {
             let name = create.name.clone();
+            // Whether it has a preview link; never the token.
+            let preview = !create.preview_token.is_empty();
             match registry.create_intercept(session, create) {
                 Ok(()) => {
-                    info!(session, intercept = %name, "intercept active");
+                    info!(session, intercept = %name, preview, "intercept active");
                     result(name, String::new());
                 }
                 Err(e) => {

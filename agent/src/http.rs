@@ -1,7 +1,9 @@
 //! HTTP routing on an http-intercepted port, or on a port installed for
 //! http intercepts while none is active. The agent serves the downstream
-//! connection itself (HTTP/1.1 or h2c) and routes every request on its own: a request that matches an intercept goes to that session's
-//! workstation through a tunnel stream, the rest to the app. Each
+//! connection itself (HTTP/1.1 or h2c) and routes every request on its
+//! own: a request that matches an intercept (its headers, or its preview
+//! token: see [`crate::preview`]) goes to that session's workstation
+//! through a tunnel stream, the rest to the app. Each
 //! destination gets one upstream connection per downstream connection,
 //! speaking the downstream's protocol and reused across its requests.
 //! Bodies stream through; an HTTP/1.1 upgrade is relayed as raw bytes.
@@ -28,7 +30,8 @@ use tracing::debug;
 
 use crate::detect::Rewind;
 use crate::forward::dial_app;
-use crate::registry::{Intercept, Registry, TunnelError};
+use crate::preview;
+use crate::registry::{Intercept, Registry, RequestRoute, TunnelError};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -116,9 +119,32 @@ struct Conn {
 
 impl Conn {
     async fn route(&self, mut req: Request<Incoming>) -> Response<Body> {
-        let intercept = self
-            .registry
-            .match_request(self.app_port, req.uri().path(), req.headers());
+        let RequestRoute { intercept, preview } = self.registry.match_request(
+            self.app_port,
+            req.uri().path(),
+            req.headers(),
+            &preview::Offered::of(&req),
+        );
+        if intercept.is_some() {
+            // The token never reaches the workstation's process.
+            preview::strip(&mut req);
+        }
+        let set_cookie = preview.and_then(|i| {
+            debug!(app_port = self.app_port, intercept = %i.name, "preview link opened");
+            i.preview_cookie()
+        });
+        let mut resp = self.forward(req, intercept).await;
+        if let Some(cookie) = set_cookie {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        resp
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        intercept: Option<Arc<Intercept>>,
+    ) -> Response<Body> {
         let downstream_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let result = match &intercept {
             None => {

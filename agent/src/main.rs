@@ -10,6 +10,7 @@ mod grpc;
 mod http;
 mod iptables;
 mod outbound;
+mod preview;
 mod ready;
 mod registry;
 mod relay;

@@ -1,6 +1,7 @@
 //! Outbound: the workstation's process reaching the cluster as this pod
 //! does. `DialOut` dials a destination from the pod (the peer sees the
-//! pod's IP; the pod's NetworkPolicies apply), `Resolve` relays one raw DNS
+//! pod's IP; the pod's NetworkPolicies apply), `DialUdp` does the same for
+//! a UDP flow, `Resolve` relays one raw DNS
 //! query to the pod's nameserver, `NetworkInfo` tells the pod's resolver
 //! settings and addresses. The agent parses no DNS: the workstation's
 //! resolver applies the pod's search list, as the pod's libc would.
@@ -8,10 +9,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
-use tpr_schema::proto::NetworkInfoResponse;
+use tpr_schema::proto::{Chunk, NetworkInfoResponse};
 
 /// How long a dial from the pod may take: a silent destination (dropped by
 /// a NetworkPolicy) fails the workstation's connection instead of hanging.
@@ -20,8 +24,16 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one DNS query may take: the pod's libc default (`timeout:5`).
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The largest DNS message over UDP we accept (EDNS0 sizes fit).
+/// The largest DNS message over UDP we accept (EDNS0 sizes fit), and the
+/// largest datagram relayed.
 const UDP_MAX: usize = 65_535;
+
+/// A UDP flow with no datagram either way for this long ends (the
+/// workstation ends idle flows sooner).
+const UDP_IDLE: Duration = Duration::from_secs(60);
+/// Datagrams from the destination waiting for the stream; more are dropped
+/// (by the socket buffer), as UDP may drop them.
+pub const UDP_QUEUE: usize = 64;
 
 /// The pod's resolver settings, read once at start: resolv.conf does not
 /// change during a pod's life.
@@ -86,6 +98,63 @@ pub async fn dial(dest: SocketAddr) -> Result<TcpStream, Status> {
         Err(_) => Err(Status::unavailable(format!(
             "no answer from {dest} within {DIAL_TIMEOUT:?} from the pod"
         ))),
+    }
+}
+
+/// A UDP socket of the pod connected to `dest`.
+pub async fn dial_udp(dest: SocketAddr) -> Result<UdpSocket, Status> {
+    let bind = SocketAddr::new(
+        if dest.is_ipv4() {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u16; 8])
+        },
+        0,
+    );
+    let socket = UdpSocket::bind(bind)
+        .await
+        .map_err(|e| Status::unavailable(format!("no UDP socket in the pod: {e}")))?;
+    socket
+        .connect(dest)
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot send to {dest} from the pod: {e}")))?;
+    Ok(socket)
+}
+
+/// Relays a UDP flow: each message of `inbound` is one datagram to the
+/// destination, each datagram from it one message on `outbound`. Ends with
+/// the workstation's stream, or when idle for [`UDP_IDLE`].
+pub async fn relay_udp(
+    socket: UdpSocket,
+    mut inbound: impl Stream<Item = Result<Chunk, Status>> + Unpin,
+    outbound: mpsc::Sender<Result<Chunk, Status>>,
+) {
+    let mut buf = vec![0u8; UDP_MAX];
+    let idle = tokio::time::sleep(UDP_IDLE);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            message = inbound.next() => match message {
+                Some(Ok(chunk)) => {
+                    // A datagram the kernel refuses is lost, as UDP may be.
+                    let _ = socket.send(&chunk.data).await;
+                }
+                _ => return,
+            },
+            received = socket.recv(&mut buf) => match received {
+                Ok(n) => {
+                    let data = Bytes::copy_from_slice(&buf[..n]);
+                    if outbound.send(Ok(Chunk { data })).await.is_err() {
+                        return;
+                    }
+                }
+                // An ICMP error of an earlier datagram (port unreachable):
+                // the flow goes on, as a connected UDP socket's does.
+                Err(_) => continue,
+            },
+            () = &mut idle => return,
+        }
+        idle.as_mut().reset(tokio::time::Instant::now() + UDP_IDLE);
     }
 }
 
@@ -192,6 +261,46 @@ mod tests {
         );
         assert_eq!(conf.search.len(), 3);
         assert_eq!(conf.ndots, 5);
+    }
+
+    /// A UDP flow: datagrams go to the destination one by one and its
+    /// answers come back as messages; the flow ends with the workstation's
+    /// stream.
+    #[tokio::test]
+    async fn a_udp_flow_is_relayed_datagram_by_datagram() {
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let dest = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                let mut answer = b"echo ".to_vec();
+                answer.extend_from_slice(&buf[..n]);
+                let _ = echo.send_to(&answer, from).await;
+            }
+        });
+        let (to_dest, inbound) = mpsc::channel(4);
+        let (outbound, mut answers) = mpsc::channel(4);
+        let socket = dial_udp(dest).await.unwrap();
+        let relay = tokio::spawn(relay_udp(
+            socket,
+            tokio_stream::wrappers::ReceiverStream::new(inbound),
+            outbound,
+        ));
+        for word in ["one", "two"] {
+            let data = Bytes::from_static(word.as_bytes());
+            to_dest.send(Ok(Chunk { data })).await.unwrap();
+            let answer = tokio::time::timeout(Duration::from_secs(10), answers.recv())
+                .await
+                .expect("an answer")
+                .unwrap()
+                .unwrap();
+            assert_eq!(answer.data, format!("echo {word}").as_bytes());
+        }
+        drop(to_dest);
+        tokio::time::timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("the relay ends with the stream")
+            .unwrap();
     }
 
     /// A query is relayed to the nameserver and its answer returned whole.

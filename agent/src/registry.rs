@@ -15,6 +15,8 @@ use tpr_schema::proto::{
     SessionEvent, header_match, pipe, session_event,
 };
 
+use crate::preview;
+
 /// How long an announced connection waits for the runner.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -24,6 +26,16 @@ pub enum InterceptError {
     /// Another intercept holds the port in a way that excludes this one.
     #[error("port {port} is already intercepted by {holder}")]
     Conflict { port: u16, holder: String },
+    /// Another intercept on the port holds the same preview token.
+    #[error("port {port}: the preview token is already held by {holder}")]
+    PreviewTokenInUse { port: u16, holder: String },
+    /// The preview token is malformed (the token itself is not shown).
+    #[error("intercept {name:?}: {source}")]
+    BadPreviewToken {
+        name: String,
+        #[source]
+        source: preview::BadToken,
+    },
     /// The port is not one the agent forwards.
     #[error("port {port} is not forwarded by this agent (it forwards app ports {forwarded})")]
     UnknownPort { port: u16, forwarded: String },
@@ -100,6 +112,8 @@ pub struct Intercept {
     holder: String,
     headers: Vec<HeaderRule>,
     path_prefix: String,
+    /// http only: the preview token, an alternative to the header match.
+    preview: Option<preview::Token>,
     events: mpsc::UnboundedSender<SessionEvent>,
     /// Cancelled when the intercept or its session ends: its connections close.
     pub ended: CancellationToken,
@@ -107,9 +121,22 @@ pub struct Intercept {
 }
 
 impl Intercept {
-    /// Does this http intercept take the request?
-    pub fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
-        path.starts_with(&self.path_prefix) && self.headers.iter().all(|h| h.matches(headers))
+    /// Does this http intercept take the request? Its path prefix must hold,
+    /// and its header match or, as the other way in, its preview token.
+    pub fn matches(&self, path: &str, headers: &HeaderMap, offered: &[&[u8]]) -> bool {
+        path.starts_with(&self.path_prefix)
+            && (self.headers.iter().all(|h| h.matches(headers)) || self.previewed_by(offered))
+    }
+
+    /// Is this intercept's preview token among `offered`?
+    fn previewed_by(&self, offered: &[&[u8]]) -> bool {
+        self.preview.as_ref().is_some_and(|p| p.offered_in(offered))
+    }
+
+    /// The answer header that stores this intercept's preview token in the
+    /// browser, if it has one.
+    pub fn preview_cookie(&self) -> Option<http::HeaderValue> {
+        self.preview.as_ref().map(preview::Token::set_cookie)
     }
 
     fn same_match(&self, other: &Intercept) -> bool {
@@ -168,6 +195,17 @@ struct Inner {
     sessions: HashMap<String, Session>,
     ports: HashMap<u16, Port>,
     pending: HashMap<String, oneshot::Sender<Handoff>>,
+}
+
+/// Where a request goes.
+#[derive(Debug, Default)]
+pub struct RequestRoute {
+    /// The http intercept that takes it; `None`: the app.
+    pub intercept: Option<Arc<Intercept>>,
+    /// The intercept whose preview token the query carries: the answer sets
+    /// its cookie (wherever the request went, so a link to a page outside
+    /// the path prefix still starts the preview).
+    pub preview: Option<Arc<Intercept>>,
 }
 
 /// How a new connection on a forwarded port is handled.
@@ -291,6 +329,13 @@ impl Registry {
             });
         }
         let headers = if tcp { Vec::new() } else { compile(matches)? };
+        let preview = (!tcp && !req.preview_token.is_empty())
+            .then(|| preview::Token::new(&req.preview_token, req.preview_secure))
+            .transpose()
+            .map_err(|source| InterceptError::BadPreviewToken {
+                name: req.name.clone(),
+                source,
+            })?;
         let intercept = Intercept {
             name: req.name,
             port,
@@ -300,6 +345,7 @@ impl Registry {
             holder: format!("{} (install id {})", session.label, session.install_id),
             headers,
             path_prefix: if tcp { String::new() } else { req.path_prefix },
+            preview,
             events: session.events.clone(),
             ended: session.ended.child_token(),
             tls_noticed: Default::default(),
@@ -317,6 +363,19 @@ impl Registry {
                 port,
                 holder: holder.describe(),
             });
+        }
+        // A token names one intercept.
+        if let Some(token) = &intercept.preview {
+            let taken = slot
+                .intercepts
+                .iter()
+                .find(|i| !is_replaced(i) && i.preview.as_ref().is_some_and(|p| p.same(token)));
+            if let Some(holder) = taken {
+                return Err(InterceptError::PreviewTokenInUse {
+                    port,
+                    holder: holder.describe(),
+                });
+            }
         }
         slot.intercepts.retain(|i| {
             let replaced = is_replaced(i);
@@ -358,19 +417,25 @@ impl Registry {
         }
     }
 
-    /// The http intercept that takes this request, if any.
+    /// Where this request goes: the first http intercept (in order of
+    /// creation) that takes it, else the app.
     pub fn match_request(
         &self,
         port: u16,
         path: &str,
         headers: &HeaderMap,
-    ) -> Option<Arc<Intercept>> {
+        offered: &preview::Offered<'_>,
+    ) -> RequestRoute {
+        let all = offered.all();
         let inner = self.lock();
-        let slot = inner.ports.get(&port)?;
-        slot.intercepts
-            .iter()
-            .find(|i| !i.tcp && i.matches(path, headers))
-            .cloned()
+        let Some(slot) = inner.ports.get(&port) else {
+            return RequestRoute::default();
+        };
+        let http = || slot.intercepts.iter().filter(|i| !i.tcp);
+        RequestRoute {
+            intercept: http().find(|i| i.matches(path, headers, &all)).cloned(),
+            preview: http().find(|i| i.previewed_by(&offered.query)).cloned(),
+        }
     }
 
     /// The http intercepts on a port (for notices).

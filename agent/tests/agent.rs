@@ -10,7 +10,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tpr::tunnel::{self, HeaderMatch, InterceptSpec, Mechanism, Notice, TunnelError};
+use tpr::tunnel::{self, HeaderMatch, InterceptSpec, Mechanism, Notice, PreviewToken, TunnelError};
 
 use support::*;
 
@@ -23,6 +23,7 @@ fn tcp_spec(name: &str, app_port: u16, target: u16) -> InterceptSpec {
         mechanism: Mechanism::Tcp,
         target: ([127, 0, 0, 1], target).into(),
         wait: std::time::Duration::ZERO,
+        preview: None,
     }
 }
 
@@ -36,6 +37,7 @@ fn http_spec(name: &str, app_port: u16, target: u16) -> InterceptSpec {
         },
         target: ([127, 0, 0, 1], target).into(),
         wait: std::time::Duration::ZERO,
+        preview: None,
     }
 }
 
@@ -755,4 +757,220 @@ fn helper_runner() {
         println!("\nINTERCEPTING");
         std::future::pending::<()>().await;
     });
+}
+
+// Preview links: a token in the query parameter or cookie `tpr_preview`
+// routes to its intercept's workstation whatever the headers.
+
+const ALICE_TOKEN: &str = "alice-preview-0123456789abcdef";
+const BOB_TOKEN: &str = "bob-preview-0123456789abcdefgh";
+
+/// An http intercept (the default header match) with a preview token.
+fn previewed(name: &str, app_port: u16, target: u16, token: &str, secure: bool) -> InterceptSpec {
+    InterceptSpec {
+        preview: Some(PreviewToken {
+            token: token.into(),
+            secure,
+        }),
+        ..http_spec(name, app_port, target)
+    }
+}
+
+/// An app, a workstation, the agent, and alice's http intercept `orders`
+/// with a preview token.
+async fn alice_previews_orders(secure: bool) -> (Server, Server, Agent, tunnel::Session) {
+    let app = http_server("app").await;
+    let workstation = http_server("workstation").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let session = agent.session("alice").await;
+    let spec = previewed(
+        "orders",
+        app.port(),
+        workstation.port(),
+        ALICE_TOKEN,
+        secure,
+    );
+    session.create_intercept(spec).await.unwrap();
+    (app, workstation, agent, session)
+}
+
+/// GET `path` with headers: the body and the Set-Cookie headers.
+async fn get_cookies(
+    client: &mut H1,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (String, Vec<String>) {
+    let resp = client
+        .send(request("GET", path, headers, Bytes::new()))
+        .await;
+    let set: Vec<String> = resp
+        .headers()
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let (status, body) = text(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    (body, set)
+}
+
+#[tokio::test]
+async fn a_preview_link_reaches_the_workstation_without_its_token_and_sets_the_cookie() {
+    for (secure, attributes) in [
+        (false, "Path=/; HttpOnly; SameSite=Lax"),
+        (true, "Path=/; HttpOnly; SameSite=Lax; Secure"),
+    ] {
+        let (app, _workstation, agent, _session) = alice_previews_orders(secure).await;
+        let mut client = H1::connect(agent.port_for(app.port())).await;
+        let link = format!("/show?a=1&tpr_preview={ALICE_TOKEN}&b=2");
+        let (body, set) = get_cookies(&mut client, &link, &[]).await;
+        assert_eq!(body, "workstation GET /show?a=1&b=2 cookie=");
+        assert_eq!(set, [format!("tpr_preview={ALICE_TOKEN}; {attributes}")]);
+
+        let (body, _) = get_cookies(
+            &mut client,
+            &format!("/show?tpr_preview={ALICE_TOKEN}"),
+            &[],
+        )
+        .await;
+        assert_eq!(body, "workstation GET /show cookie=", "no `?` left");
+
+        // Without the token: the app, and no cookie.
+        let (body, set) = get_cookies(&mut client, "/show?a=1", &[]).await;
+        assert_eq!((body.as_str(), set.len()), ("app GET /show?a=1 cookie=", 0));
+    }
+}
+
+#[tokio::test]
+async fn the_preview_cookie_routes_to_the_workstation_which_never_sees_it() {
+    let (app, _workstation, agent, _session) = alice_previews_orders(false).await;
+    let cookie = format!("x=1; tpr_preview={ALICE_TOKEN}; y=2");
+    let mut client = H1::connect(agent.port_for(app.port())).await;
+    let (body, set) = get_cookies(&mut client, "/show", &[("cookie", &cookie)]).await;
+    assert_eq!(body, "workstation GET /show cookie=x=1; y=2");
+    assert!(
+        set.is_empty(),
+        "the cookie is set by the link only: {set:?}"
+    );
+
+    // h2c, with the cookie split over several headers as HTTP/2 allows.
+    let mut h2 = H2::connect(agent.port_for(app.port())).await;
+    let only = format!("tpr_preview={ALICE_TOKEN}");
+    let split = [
+        ("cookie", "x=1"),
+        ("cookie", only.as_str()),
+        ("cookie", "y=2"),
+    ];
+    assert_eq!(
+        h2.get("/show/h2", &split).await.1,
+        "workstation GET /show/h2 cookie=x=1 | y=2"
+    );
+    assert_eq!(h2.get("/show/h2", &[]).await.1, "app GET /show/h2 cookie=");
+    let link = format!("/show/h2?tpr_preview={ALICE_TOKEN}&z=1");
+    assert_eq!(
+        h2.get(&link, &[]).await.1,
+        "workstation GET /show/h2?z=1 cookie="
+    );
+
+    // An unknown token is an ordinary request: the app gets it as sent, and
+    // no cookie is set or cleared.
+    let unknown = "x=1; tpr_preview=unknown-0123456789abcdef";
+    let (body, set) = get_cookies(&mut client, "/show", &[("cookie", unknown)]).await;
+    assert_eq!(body, format!("app GET /show cookie={unknown}"));
+    assert!(set.is_empty(), "{set:?}");
+    let (body, set) = get_cookies(
+        &mut client,
+        "/show?tpr_preview=unknown-0123456789abcdef",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        body,
+        "app GET /show?tpr_preview=unknown-0123456789abcdef cookie="
+    );
+    assert!(set.is_empty(), "{set:?}");
+}
+
+#[tokio::test]
+async fn two_previews_never_cross_and_an_ended_ones_token_reaches_the_app() {
+    let app = http_server("app").await;
+    let alice_ws = http_server("alice").await;
+    let bob_ws = http_server("bob").await;
+    let agent = Agent::start(&[app.port()], &[]).await;
+    let alice = agent.session("alice").await;
+    let bob = agent.session("bob").await;
+    let (a, b) = (alice_ws.port(), bob_ws.port());
+    alice
+        .create_intercept(previewed("orders", app.port(), a, ALICE_TOKEN, false))
+        .await
+        .unwrap();
+    bob.create_intercept(previewed("orders", app.port(), b, BOB_TOKEN, false))
+        .await
+        .unwrap();
+    // A token names one intercept: another may not take it.
+    let err = bob
+        .create_intercept(previewed("cart", app.port(), b, ALICE_TOKEN, false))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("alice@test") && !err.contains(ALICE_TOKEN),
+        "{err}"
+    );
+
+    let front = agent.port_for(app.port());
+    let mut client = H1::connect(front).await;
+    let with = |token: &str| format!("tpr_preview={token}");
+    for _ in 0..3 {
+        let (a, _) = get_cookies(&mut client, "/", &[("cookie", &with(ALICE_TOKEN))]).await;
+        let (b, _) = get_cookies(&mut client, "/", &[("cookie", &with(BOB_TOKEN))]).await;
+        assert_eq!((a.as_str(), b.as_str()), ("alice GET /", "bob GET /"));
+        let (b, _) = get_cookies(&mut client, &format!("/?{}", with(BOB_TOKEN)), &[]).await;
+        assert_eq!(b, "bob GET /");
+    }
+
+    // Bob's intercept is removed: his token is unknown at once.
+    bob.remove_intercept("orders").await.unwrap();
+    let (b, set) = get_cookies(&mut client, &format!("/?{}", with(BOB_TOKEN)), &[]).await;
+    assert_eq!((b.as_str(), set.len()), ("app GET /", 0));
+    let (b, _) = get_cookies(&mut client, "/", &[("cookie", &with(BOB_TOKEN))]).await;
+    assert_eq!(b, "app GET /");
+    let (a, _) = get_cookies(&mut client, "/", &[("cookie", &with(ALICE_TOKEN))]).await;
+    assert_eq!(a, "alice GET /");
+
+    // Alice's session is lost: her token reaches the app.
+    drop(alice);
+    eventually(REVERT, "alice's preview reaches the app", || async {
+        let mut c = H1::connect(front).await;
+        get_cookies(&mut c, "/", &[("cookie", &with(ALICE_TOKEN))])
+            .await
+            .0
+            == "app GET /"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_with_the_preview_cookie_reaches_the_workstation() {
+    let (app, _workstation, agent, _session) = alice_previews_orders(true).await;
+    let cookie = format!("tpr_preview={ALICE_TOKEN}");
+    for (headers, who) in [
+        (vec![("cookie", cookie.as_str())], "workstation"),
+        (vec![], "app"),
+    ] {
+        let mut client = H1::connect(agent.port_for(app.port())).await;
+        let mut h = headers.clone();
+        h.extend([("connection", "upgrade"), ("upgrade", "websocket")]);
+        let resp = client.send(request("GET", "/ws", &h, Bytes::new())).await;
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let upgraded = within("upgrade", hyper::upgrade::on(resp)).await.unwrap();
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut line = vec![0u8; format!("{who} upgraded\n").len()];
+        within("read", io.read_exact(&mut line)).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&line), format!("{who} upgraded\n"));
+        io.write_all(b"frame").await.unwrap();
+        let mut echo = [0u8; 5];
+        within("read", io.read_exact(&mut echo)).await.unwrap();
+        assert_eq!(&echo, b"frame");
+    }
 }

@@ -14,7 +14,11 @@
 // headers as JSON; /healthz answers ok; /peer answers the client's IP
 // address as this server sees it; /blob?n=N sends N bytes of a fixed
 // pseudo-random stream (xorshift64 from seed 1, each state little-endian);
-// POST /sum answers "<length> <sha256 hex>" of the request body.
+// POST /sum answers "<length> <sha256 hex>" of the request body. /page,
+// /style.css and /api/who are the browser preview test's page, its
+// stylesheet and what its script fetches, each naming $HELLO_WHO or
+// "cluster" (tests/up/fixtures/preview_page.py serves the same page naming
+// "workstation").
 package main
 
 import (
@@ -70,6 +74,58 @@ func who() string {
 	return h
 }
 
+// previewPage and previewStyle ("{who}" replaced): byte for byte the PAGE
+// and STYLE of tests/up/fixtures/preview_page.py.
+const previewPage = `<!doctype html>
+<html>
+<head>
+<meta charset="utf-8">
+<title>tpr preview test page</title>
+<link rel="stylesheet" href="/style.css">
+</head>
+<body>
+<h1>page from <span id="page">{who}</span></h1>
+<p>stylesheet from <span id="style">?</span></p>
+<p>/api/who from <span id="api">?</span></p>
+<pre id="result">pending</pre>
+<script>
+const style = getComputedStyle(document.documentElement)
+  .getPropertyValue("--who").trim().replace(/^"|"$/g, "") || "none";
+document.getElementById("style").textContent = style;
+fetch("/api/who", {cache: "no-store"})
+  .then(r => r.ok ? r.text() : Promise.reject(new Error("HTTP " + r.status)))
+  .then(t => t.trim(), e => "error: " + e.message)
+  .then(api => {
+    document.getElementById("api").textContent = api;
+    document.getElementById("result").textContent =
+      "page={who} style=" + style + " api=" + api;
+  });
+</script>
+</body>
+</html>
+`
+
+const previewStyle = `:root { --who: "{who}"; }
+body { font-family: sans-serif; margin: 2em; }
+#style::after { content: " (" var(--who) ")"; color: #666; }
+`
+
+// place names this server on the preview page: $HELLO_WHO, else "cluster".
+func place() string {
+	if w := os.Getenv("HELLO_WHO"); w != "" {
+		return w
+	}
+	return "cluster"
+}
+
+func preview(ctype, body string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", ctype)
+		w.Header().Set("Cache-Control", "no-store")
+		io.WriteString(w, strings.ReplaceAll(body, "{who}", place()))
+	}
+}
+
 func serve() error {
 	port := os.Getenv("PORT")
 	if port == "" {
@@ -101,6 +157,9 @@ func serve() error {
 		}
 		fmt.Fprintf(w, "%d %s\n", n, hex.EncodeToString(h.Sum(nil)))
 	})
+	mux.HandleFunc("GET /page", preview("text/html; charset=utf-8", previewPage))
+	mux.HandleFunc("GET /style.css", preview("text/css; charset=utf-8", previewStyle))
+	mux.HandleFunc("GET /api/who", preview("text/plain; charset=utf-8", "{who}\n"))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

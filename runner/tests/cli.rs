@@ -293,3 +293,45 @@ impl Test {
         run
     }
 }
+
+#[test]
+fn preview_rotate_without_a_running_up_keeps_a_private_token_for_the_next_one() {
+    let mut t = Test::new().file(
+        "telepresence.toml",
+        "[[intercept]]\nworkload = \"orders\"\nport = \"8080:http\"\nmechanism = \"http\"\npreview.ingress.host = \"orders.example.com\"\n\n[[intercept]]\nworkload = \"cart\"\nport = \"8081:http\"\n",
+    );
+    let home = t.dir.join("home").to_str().unwrap().to_owned();
+    let id = "7a1e0000-0000-4000-8000-000000000000";
+    t = t
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", &format!("{home}/config"))
+        .env("XDG_STATE_HOME", &format!("{home}/state"))
+        .env("TPR_INSTALL_ID", id)
+        .args(&["preview", "rotate", "orders"]);
+    t.run()
+        .status(0)
+        .stderr_has("takes effect on the next `tpr up`");
+    let tokens = t.dir.join("home/config/tpr/preview-tokens.json");
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(&tokens).unwrap()).unwrap()
+    };
+    let token = read()[id]["orders"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 32, "{token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&tokens).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Rotating again: another token.
+    t.run().status(0);
+    assert_ne!(read()[id]["orders"].as_str().unwrap(), token);
+    // An intercept without a preview, and one that is not there.
+    t.args = vec!["preview".into(), "url".into(), "cart".into()];
+    t.run()
+        .status(1)
+        .stderr_has("intercept cart has no preview link")
+        .stderr_has("[intercept.preview]");
+    t.args = vec!["preview".into(), "rotate".into(), "nope".into()];
+    t.run()
+        .status(1)
+        .stderr_has("no intercept named `nope`; intercepts: orders, cart");
+}

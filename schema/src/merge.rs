@@ -17,8 +17,8 @@
 
 use crate::names::intercept_name;
 use crate::raw::{
-    Map, RawAgent, RawCluster, RawEnv, RawFile, RawHttp, RawIntercept, RawNetwork, RawProcess,
-    RawQuantities, RawReady, RawResources, RawVolumes,
+    Map, RawAgent, RawCluster, RawEnv, RawFile, RawHttp, RawIntercept, RawNetwork, RawPreview,
+    RawPreviewIngress, RawProcess, RawQuantities, RawReady, RawResources, RawVolumes,
 };
 use crate::source::Sp;
 
@@ -77,6 +77,12 @@ merge_struct!(RawVolumes {
     exclude,
     max_size
 });
+merge_struct!(RawPreviewIngress {
+    host,
+    port,
+    tls,
+    l5
+});
 merge_struct!(RawEnv {
     file,
     format,
@@ -107,6 +113,17 @@ impl Merge for RawResources {
     }
 }
 
+impl Merge for RawPreview {
+    fn merge(&mut self, over: Self) {
+        if over.span.is_some() {
+            self.span = over.span;
+        }
+        self.enabled.merge(over.enabled);
+        self.path.merge(over.path);
+        merge_table(&mut self.ingress, over.ingress);
+    }
+}
+
 impl Merge for RawHttp {
     fn merge(&mut self, over: Self) {
         merge_map(&mut self.headers, over.headers);
@@ -129,6 +146,7 @@ impl Merge for RawIntercept {
         self.to_pod.merge(over.to_pod);
         merge_table(&mut self.env, over.env);
         merge_table(&mut self.volumes, over.volumes);
+        merge_table(&mut self.preview, over.preview);
     }
 }
 

@@ -126,6 +126,9 @@ pub enum ProblemKind {
     /// HTTP match settings on an intercept whose mechanism is tcp.
     #[error("`http` settings on an intercept with mechanism `tcp`")]
     HttpWithoutHttpMechanism,
+    /// `[intercept.preview]` on an intercept whose mechanism is tcp.
+    #[error("a preview needs mechanism = \"http\"; this intercept is tcp{}", if *explicit { "" } else { " (the default)" })]
+    PreviewWithoutHttpMechanism { explicit: bool },
     /// A file with neither intercepts nor processes does nothing.
     #[error("nothing to do: no [[intercept]] and no [[process]]")]
     NothingToDo,
@@ -153,6 +156,7 @@ impl ProblemKind {
             UnknownEnvFrom { .. } => "no such intercept".into(),
             EmptyCommand { .. } => "no program to run".into(),
             HttpWithoutHttpMechanism => "contradicts mechanism = \"tcp\"".into(),
+            PreviewWithoutHttpMechanism { .. } => "a preview of a tcp intercept".into(),
             NothingToDo => "empty project".into(),
         }
     }
@@ -196,6 +200,15 @@ impl ProblemKind {
             DuplicateProcessName { .. } => "process names must be unique: set `name` on each process".into(),
             HttpWithoutHttpMechanism => {
                 "`http` settings imply mechanism = \"http\": drop mechanism = \"tcp\", or remove the `http` settings".into()
+            }
+            PreviewWithoutHttpMechanism { explicit: true } => {
+                "a tcp intercept takes every connection, so there is nothing for a link to select: \
+                 set mechanism = \"http\" (only requests carrying the preview token, or your id header, come here), \
+                 or remove [intercept.preview]".into()
+            }
+            PreviewWithoutHttpMechanism { explicit: false } => {
+                "add mechanism = \"http\" to the intercept (only requests carrying the preview token, \
+                 or your id header, come here; the rest stays with the cluster), or remove [intercept.preview]".into()
             }
             NothingToDo => "add an [[intercept]] (a workload to route to this machine) or a [[process]] (a command to run)".into(),
         })

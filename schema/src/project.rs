@@ -101,6 +101,104 @@ pub struct Intercept {
     pub to_pod: Vec<u16>,
     pub env: EnvExport,
     pub volumes: Volumes,
+    /// `[intercept.preview]`, when enabled (http intercepts only).
+    pub preview: Option<Preview>,
+}
+
+/// The query parameter (and cookie) that carries a preview token.
+pub const PREVIEW_PARAM: &str = "tpr_preview";
+
+/// `[intercept.preview]`: a link on the team's ingress whose token routes
+/// requests to this machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Preview {
+    /// Where the link lands; `None`: the http `path_prefix`, else the
+    /// detected Ingress rule's path, else "/". Starts with '/'.
+    pub path: Option<String>,
+    /// What the file says about the ingress; what it leaves out is
+    /// detected (no `host`) or defaulted.
+    pub ingress: PreviewIngress,
+}
+
+/// `[intercept.preview.ingress]` as written: each `None` is detected or
+/// defaulted (see [`PreviewIngress::complete`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PreviewIngress {
+    /// The address to connect to; `None`: detect the Ingress.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub tls: Option<bool>,
+    /// Host header / SNI name (and the link's host) when it differs from `host`.
+    pub l5: Option<String>,
+}
+
+/// A preview's ingress with every setting known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IngressAddress {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub l5: Option<String>,
+}
+
+impl PreviewIngress {
+    /// The file's settings over `detected` (used for what the file leaves
+    /// out), then the defaults: TLS unless `port` is set and is not 443;
+    /// port 443 with TLS, else 80. `None` when no host is known.
+    pub fn complete(&self, detected: Option<&IngressAddress>) -> Option<IngressAddress> {
+        let host = self
+            .host
+            .clone()
+            .or_else(|| detected.map(|d| d.host.clone()))?;
+        // Detected values go together; the file's override them one by one.
+        let tls = self
+            .tls
+            .or(detected.map(|d| d.tls))
+            .unwrap_or_else(|| self.port.is_none_or(|p| p == 443));
+        let port = self
+            .port
+            .or(detected.filter(|d| d.tls == tls).map(|d| d.port))
+            .unwrap_or(if tls { 443 } else { 80 });
+        let l5 = self
+            .l5
+            .clone()
+            .or_else(|| detected.and_then(|d| d.l5.clone()))
+            .filter(|l5| *l5 != host);
+        Some(IngressAddress {
+            host,
+            port,
+            tls,
+            l5,
+        })
+    }
+}
+
+impl IngressAddress {
+    /// The name a browser uses: `l5`, else `host`.
+    pub fn name(&self) -> &str {
+        self.l5.as_deref().unwrap_or(&self.host)
+    }
+
+    /// The preview link: `scheme://name[:port]path?tpr_preview=TOKEN`
+    /// (`&` when `path` has a query already; the port only when it is not
+    /// the scheme's default).
+    pub fn url(&self, path: &str, token: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let name = self.name();
+        let name = if name.contains(':') && !name.starts_with('[') {
+            format!("[{name}]")
+        } else {
+            name.to_owned()
+        };
+        let default = if self.tls { 443 } else { 80 };
+        let port = if self.port == default {
+            String::new()
+        } else {
+            format!(":{}", self.port)
+        };
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{scheme}://{name}{port}{path}{sep}{PREVIEW_PARAM}={token}")
+    }
 }
 
 /// The default of `[intercept.volumes] max_size`: 100 MiB.
@@ -263,6 +361,85 @@ mod tests {
         assert!(!glob_match("A?C", "AC"));
         assert!(!glob_match("DB_*", "XDB_HOST"));
         assert!(glob_match("*A*B*", "xxAyyBzz"));
+    }
+
+    fn address(host: &str, port: u16, tls: bool, l5: Option<&str>) -> IngressAddress {
+        IngressAddress {
+            host: host.into(),
+            port,
+            tls,
+            l5: l5.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn preview_urls() {
+        let a = address("orders.example.com", 443, true, None);
+        assert_eq!(
+            a.url("/", "t0k"),
+            "https://orders.example.com/?tpr_preview=t0k"
+        );
+        assert_eq!(
+            address("10.0.0.7", 8443, true, Some("shop.test")).url("/a?b=c", "t"),
+            "https://shop.test:8443/a?b=c&tpr_preview=t"
+        );
+        assert_eq!(
+            address("shop.test", 80, false, None).url("/x/", "t"),
+            "http://shop.test/x/?tpr_preview=t"
+        );
+        assert_eq!(
+            address("shop.test", 443, false, None).url("/", "t"),
+            "http://shop.test:443/?tpr_preview=t"
+        );
+        assert_eq!(
+            address("fd00::1", 8080, false, None).url("/", "t"),
+            "http://[fd00::1]:8080/?tpr_preview=t"
+        );
+    }
+
+    #[test]
+    fn preview_ingress_defaults_and_overrides() {
+        let file = |host: Option<&str>, port, tls, l5: Option<&str>| PreviewIngress {
+            host: host.map(Into::into),
+            port,
+            tls,
+            l5: l5.map(Into::into),
+        };
+        // Nothing known: nothing to link to.
+        assert_eq!(file(None, None, None, None).complete(None), None);
+        // A host alone: https on 443.
+        assert_eq!(
+            file(Some("h"), None, None, None).complete(None),
+            Some(address("h", 443, true, None))
+        );
+        // A port other than 443 alone: plain http.
+        assert_eq!(
+            file(Some("h"), Some(8080), None, None).complete(None),
+            Some(address("h", 8080, false, None))
+        );
+        assert_eq!(
+            file(Some("h"), None, Some(false), None).complete(None),
+            Some(address("h", 80, false, None))
+        );
+        // Detected, then the file's keys win one by one.
+        let found = address("10.0.0.5", 443, true, Some("shop.test"));
+        assert_eq!(
+            file(None, None, None, None).complete(Some(&found)),
+            Some(found.clone())
+        );
+        assert_eq!(
+            file(None, Some(8443), None, None).complete(Some(&found)),
+            Some(address("10.0.0.5", 8443, true, Some("shop.test")))
+        );
+        assert_eq!(
+            file(None, None, Some(false), None).complete(Some(&found)),
+            Some(address("10.0.0.5", 80, false, Some("shop.test")))
+        );
+        // l5 equal to host says nothing more.
+        assert_eq!(
+            file(Some("h"), None, None, Some("h")).complete(None),
+            Some(address("h", 443, true, None))
+        );
     }
 
     #[test]

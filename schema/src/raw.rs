@@ -167,6 +167,48 @@ pub struct RawIntercept {
     /// The files the pod mounts, copied read-only for the processes that take this intercept's environment (`TELEPRESENCE_ROOT`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volumes: Option<RawVolumes>,
+    /// A preview link for this (http) intercept: a URL on the team's own ingress carrying a secret token; requests with it (then its cookie) come to this machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<RawPreview>,
+}
+
+/// A preview link: `https://<host>/<path>?tpr_preview=<token>` on the team's own ingress. The token (128 random bits, kept per install id and intercept until `tpr preview rotate`) is a bearer secret: whoever has the link reaches this machine.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "Preview")]
+pub struct RawPreview {
+    /// The table's place in the file (the last file that set it).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub span: Option<Span>,
+    /// Make the preview link. Default: true when this table is present (`preview.enabled = true` alone asks for a link with every setting detected).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<Sp<bool>>,
+    /// Where the link lands, e.g. "/orders/". Default: `http.path_prefix`, else the path of the detected Ingress rule, else "/".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^/"))]
+    pub path: Str,
+    /// The ingress the link goes through. Default: detected from the Ingresses of the intercept's namespace that reach its Service port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<RawPreviewIngress>,
+}
+
+/// The ingress a preview link goes through.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "PreviewIngress")]
+pub struct RawPreviewIngress {
+    /// The address to connect to: a DNS name or an IP address, without scheme or port. Set, it turns detection off. Default: detected (the Ingress rule's host, or its load balancer's address when it has one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Str,
+    /// The port to connect to. Default: 443 with TLS, else 80.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<PortNumber>")]
+    pub port: Option<Sp<u16>>,
+    /// Whether the ingress speaks TLS (the link is https). Default: true, or false when `port` is set and is not 443.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Sp<bool>>,
+    /// The name in the Host header and TLS SNI, and in the link, when it differs from `host` (e.g. `host` is the load balancer's IP). Default: `host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l5: Str,
 }
 
 /// Which requests an http intercept takes.

@@ -11,7 +11,8 @@ use crate::port::{PortMapping, PortSpecError, port_number};
 use crate::problem::{Problem, ProblemKind};
 use crate::raw::{
     Command, List, Map, RawAgent, RawCluster, RawEnv, RawFile, RawHttp, RawIntercept, RawNetwork,
-    RawProcess, RawQuantities, RawReady, RawResources, RawVolumes, Str,
+    RawPreview, RawPreviewIngress, RawProcess, RawQuantities, RawReady, RawResources, RawVolumes,
+    Str,
 };
 use crate::source::{FileId, Sp, Span};
 use crate::suggest::closest;
@@ -134,6 +135,11 @@ fn intercept(r: &mut Reader, t: &mut Table, span: Span) -> RawIntercept {
         volumes: t
             .take("volumes")
             .and_then(|v| r.table(v, "volumes", "[intercept.volumes]", volumes)),
+        preview: t.take("preview").and_then(|v| {
+            let mut p = r.table(v, "preview", "[intercept.preview]", preview)?;
+            p.span = Some(r.span(v.span()));
+            Some(p)
+        }),
     };
     i.rejected = t.rejected([
         ("workload", i.workload.is_none()),
@@ -166,6 +172,26 @@ fn volumes(r: &mut Reader, t: &mut Table) -> RawVolumes {
         include: r.opt_strings(t, "include"),
         exclude: r.opt_strings(t, "exclude"),
         max_size: r.opt_str(t, "max_size"),
+    }
+}
+
+fn preview(r: &mut Reader, t: &mut Table) -> RawPreview {
+    RawPreview {
+        span: None,
+        enabled: t.take("enabled").and_then(|v| r.boolean(v, "enabled")),
+        path: r.opt_str(t, "path"),
+        ingress: t
+            .take("ingress")
+            .and_then(|v| r.table(v, "ingress", "[intercept.preview.ingress]", preview_ingress)),
+    }
+}
+
+fn preview_ingress(r: &mut Reader, t: &mut Table) -> RawPreviewIngress {
+    RawPreviewIngress {
+        host: r.opt_str(t, "host"),
+        port: t.take("port").and_then(|v| r.port(v, "port")),
+        tls: t.take("tls").and_then(|v| r.boolean(v, "tls")),
+        l5: r.opt_str(t, "l5"),
     }
 }
 

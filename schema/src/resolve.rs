@@ -11,7 +11,7 @@ use crate::names::{dns_label_problem, dns_subdomain_problem};
 use crate::problem::{Problem, ProblemKind};
 use crate::project::*;
 use crate::raw::{
-    Command, RawAgent, RawEnv, RawFile, RawHttp, RawIntercept, RawNetwork, RawProcess,
+    Command, RawAgent, RawEnv, RawFile, RawHttp, RawIntercept, RawNetwork, RawPreview, RawProcess,
     RawQuantities, RawVolumes, Str,
 };
 use crate::source::{FileId, Sp, Span};
@@ -241,6 +241,11 @@ impl Resolver {
         self.name(i.name, "intercept name", dns_label_problem);
         let namespace = self.name(i.namespace, "namespace", dns_label_problem);
         let service = self.name(i.service, "service name", dns_label_problem);
+        let tcp_at = i
+            .mechanism
+            .as_ref()
+            .filter(|m| m.value == MechanismKind::Tcp)
+            .map(|m| m.span.clone());
         // As Telepresence's `--http-*` flags do, `http` settings imply the
         // http mechanism; only an explicit `tcp` contradicts them.
         let mechanism = match (i.mechanism.map(|m| m.value), i.http) {
@@ -257,6 +262,9 @@ impl Resolver {
         };
         let env = self.env(i.env.unwrap_or_default(), root);
         let volumes = self.volumes(i.volumes.unwrap_or_default(), root);
+        let preview = i
+            .preview
+            .and_then(|p| self.preview(p, &mechanism, tcp_at, &i.span));
         let workload = workload?;
         Some(Intercept {
             name: name.unwrap_or_else(|| workload.clone()),
@@ -274,7 +282,80 @@ impl Resolver {
                 .unwrap_or_default(),
             env,
             volumes,
+            preview,
             workload,
+        })
+    }
+
+    /// `[intercept.preview]`: `None` when disabled. Only an http intercept
+    /// can have one (a link selects requests; tcp takes them all).
+    fn preview(
+        &mut self,
+        p: RawPreview,
+        mechanism: &Mechanism,
+        tcp_at: Option<Span>,
+        intercept_at: &Span,
+    ) -> Option<Preview> {
+        let enabled = p.enabled.as_ref().is_none_or(|b| b.value);
+        if let Some(path) = &p.path {
+            let v = &path.value;
+            let problem = if !v.starts_with('/') {
+                Some("it does not start with '/'")
+            } else if v.contains('#') {
+                Some("it has a fragment ('#'); the token goes into the query")
+            } else if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                Some("it has spaces or control characters")
+            } else {
+                None
+            };
+            if let Some(reason) = problem {
+                self.invalid(
+                    "path",
+                    reason,
+                    "a path on the ingress, e.g. path = \"/\" or \"/orders/?tab=new\"",
+                    &path.span,
+                );
+            }
+        }
+        let ingress = p.ingress.unwrap_or_default();
+        for (key, value) in [("host", &ingress.host), ("l5", &ingress.l5)] {
+            if let Some(v) = value
+                && let Some(reason) = host_problem(&v.value)
+            {
+                self.invalid(
+                    key,
+                    format!("`{}` {reason}", v.value),
+                    "a DNS name or an IP address, e.g. \"orders.dev.example.com\" \
+                     (the scheme comes from `tls`, the port from `port`)",
+                    &v.span,
+                );
+            }
+        }
+        if enabled && matches!(mechanism, Mechanism::Tcp) {
+            let at = p
+                .span
+                .clone()
+                .or_else(|| p.enabled.as_ref().map(|b| b.span.clone()))
+                .unwrap_or_else(|| intercept_at.clone());
+            let mut problem = Problem::new(
+                ProblemKind::PreviewWithoutHttpMechanism {
+                    explicit: tcp_at.is_some(),
+                },
+                at,
+            );
+            if let Some(tcp) = tcp_at {
+                problem = problem.with_related(tcp, "mechanism tcp");
+            }
+            self.problems.push(problem);
+        }
+        enabled.then(|| Preview {
+            path: p.path.map(|p| p.value),
+            ingress: PreviewIngress {
+                host: ingress.host.map(|h| h.value),
+                port: ingress.port.map(|p| p.value),
+                tls: ingress.tls.map(|t| t.value),
+                l5: ingress.l5.map(|l| l.value),
+            },
         })
     }
 
@@ -566,6 +647,36 @@ fn http_span(h: &RawHttp) -> Option<Span> {
         .map(|m| m.span.clone())
         .or_else(|| h.path_prefix.as_ref().map(|p| p.span.clone()))
         .or_else(|| h.id_header.as_ref().map(|b| b.span.clone()))
+}
+
+/// Why `s` is not a host name or IP address for a URL, if it is not.
+fn host_problem(s: &str) -> Option<&'static str> {
+    if s.trim().is_empty() {
+        return Some("is empty");
+    }
+    if s.contains("://") {
+        return Some("has a scheme");
+    }
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    if s.contains('/') {
+        return Some("has a path (that is `path`)");
+    }
+    if s.contains(':') {
+        return Some("has a port (that is `port`)");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if s.len() > 253 || !s.trim_end_matches('.').split('.').all(label_ok) {
+        return Some("is not a DNS name");
+    }
+    None
 }
 
 /// `10.0.0.0/8`, `fd00::/64`.

@@ -38,6 +38,16 @@ fn the_commented_example_validates_and_sets_every_field() {
         }]
     );
     assert!(!http.id_header);
+    let preview = orders.preview.as_ref().expect("a preview");
+    assert_eq!(preview.path.as_deref(), Some("/api/orders/"));
+    assert_eq!(
+        preview
+            .ingress
+            .complete(None)
+            .unwrap()
+            .url("/api/orders/", "t"),
+        "https://orders.dev.example.com/api/orders/?tpr_preview=t"
+    );
     assert_eq!(p.processes[0].env_from.as_deref(), Some("orders"));
     assert_eq!(p.processes[0].stop_signal, StopSignal::Term);
 }

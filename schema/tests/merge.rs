@@ -119,3 +119,47 @@ fn a_problem_in_an_override_points_into_the_local_file() {
         (LOCAL_FILE, 3, 8)
     );
 }
+
+#[test]
+fn a_personal_file_turns_a_preview_on_and_chooses_its_ingress_key_by_key() {
+    // `preview.enabled = true` alone: every ingress setting detected.
+    let p = merged("[[intercept]]\nworkload = \"orders\"\npreview.enabled = true\n");
+    let preview = p.intercept("orders").unwrap().preview.clone().unwrap();
+    assert_eq!(preview, Preview::default());
+    // The team's ingress, one key overridden here; disabled stays off.
+    let team = SourceFile::new(
+        TEAM_FILE,
+        format!(
+            "{TEAM}[intercept.preview]\nenabled = false\npath = \"/orders/\"\ningress = {{ host = \"shop.example.com\", port = 8443 }}\n"
+        ),
+    );
+    // The team file's preview table follows the last [[intercept]] (billing): tcp, but disabled.
+    let off = parse(&team, None, Path::new("/p")).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(off.intercept("billing-money").unwrap().preview, None);
+    let local = SourceFile::new(
+        LOCAL_FILE,
+        "[[intercept]]\nworkload = \"billing\"\nmechanism = \"http\"\npreview.enabled = true\npreview.ingress.l5 = \"billing.example.com\"\n",
+    );
+    let on = parse(&team, Some(&local), Path::new("/p")).unwrap_or_else(|e| panic!("{e:?}"));
+    let preview = on
+        .intercept("billing-money")
+        .unwrap()
+        .preview
+        .clone()
+        .unwrap();
+    assert_eq!(preview.path.as_deref(), Some("/orders/"));
+    assert_eq!(
+        preview.ingress,
+        PreviewIngress {
+            host: Some("shop.example.com".into()),
+            port: Some(8443),
+            tls: None,
+            l5: Some("billing.example.com".into()),
+        }
+    );
+    let address = preview.ingress.complete(None).unwrap();
+    assert_eq!(
+        address.url("/orders/", "abc"),
+        "http://billing.example.com:8443/orders/?tpr_preview=abc"
+    );
+}

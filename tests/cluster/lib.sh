@@ -31,6 +31,19 @@ DNS_SERVICE_IP=10.96.0.10
 CLUSTER_DOMAIN=cluster.local
 
 CONTAINERD_SOCK=$STATE/containerd/containerd.sock
+
+# The ingress controller: Traefik (built by `build`, deployed by `up` in
+# namespace ingress, hostNetwork on the node's ports 80 and 443) and its
+# TLS material, made once per cluster by `up`: a CA and a wildcard
+# certificate for *.$INGRESS_DOMAIN signed by it. Tests make a TLS Secret
+# from INGRESS_CERT/INGRESS_KEY and trust INGRESS_CA.
+TRAEFIK_VERSION=v3.6.12
+INGRESS_DOMAIN=tpr.test
+INGRESS_DIR=$STATE/ingress
+INGRESS_CA=$INGRESS_DIR/ca.crt
+INGRESS_CERT=$INGRESS_DIR/tls.crt
+INGRESS_KEY=$INGRESS_DIR/tls.key
+
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_DIR/Cargo.toml" | head -n1)
 
 say() { printf '[cluster] %s\n' "$*" >&2; }

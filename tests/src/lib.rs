@@ -4,6 +4,10 @@
 //! The cluster must be up: without it every test fails with
 //! [`Error::NotUp`] naming the fix, it never skips.
 
+pub mod browser;
+pub mod ingress;
+pub mod page;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,6 +49,12 @@ pub enum Error {
     /// Local I/O (a port-forward stream, a file).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A request through the ingress controller got no response.
+    #[error("ingress request: {0}")]
+    Request(String),
+    /// The headless browser failed (or the page did not load).
+    #[error("browser: {0}")]
+    Browser(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -10,6 +10,8 @@ mod interrupt;
 mod json;
 mod lifecycle;
 mod outbound;
+mod preview;
+mod preview_browser;
 mod rbac;
 mod replicas;
 mod support;
@@ -498,6 +500,36 @@ async fn outbound_reaches_a_to_pod_sidecar_on_the_namespaces_localhost() {
 }
 
 #[tokio::test]
+async fn outbound_keeps_pace_with_a_slow_reader_and_passes_refusals_on() {
+    in_namespace!("up-out-flow", (outbound::slow_reader_and_refusals));
+}
+
+#[tokio::test]
+async fn outbound_udp_leaves_through_the_agent() {
+    in_namespace!("up-out-udp", (outbound::udp));
+}
+
+#[tokio::test]
 async fn outbound_dns_answers_externalname_srv_and_ptr_as_the_cluster() {
     in_namespace!("up-out-dns", (outbound::dns_records));
+}
+
+#[tokio::test]
+async fn preview_links_through_the_ingress_reach_only_their_developer_until_rotated_or_down() {
+    in_namespace!("up-preview", (preview::links));
+}
+
+#[tokio::test]
+async fn preview_ingress_detection_none_several_and_chosen() {
+    in_namespace!("up-prev-detect", (preview::detection));
+}
+
+#[tokio::test]
+async fn preview_detection_without_list_on_ingresses_says_so_and_changes_nothing() {
+    in_namespace!("up-prev-rbac", (preview::forbidden));
+}
+
+#[tokio::test]
+async fn preview_browser_shows_the_workstations_page_by_the_link_and_the_clusters_without() {
+    in_namespace!("up-prev-browser", (preview_browser::browser));
 }

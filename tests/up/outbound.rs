@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::Api;
@@ -652,5 +652,156 @@ pub async fn dns_records(c: &Cluster, ns: &str) -> Result<()> {
         "{}",
         text(&out)
     );
+    Ok(())
+}
+
+/// A Service whose selector matches no pod: the cluster refuses its
+/// ClusterIP's connections.
+const NO_ENDPOINTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: nobody}
+spec:
+  selector: {app: nobody}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+
+/// `GET http://HOST/blob?n=N` read at most RATE bytes a second, 16 KiB at
+/// a time, with a small receive buffer (so the window shuts after every
+/// few reads); the body to stdout. Arguments: HOST N RATE.
+const SLOW_READER: &str = r#"
+import socket, sys, time
+host, n, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+s.settimeout(60)
+s.connect((host, 80))
+s.sendall(b"GET /blob?n=%d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (n, host.encode()))
+data, start, done = b"", time.monotonic(), 0
+while b"\r\n\r\n" not in data:
+    data += s.recv(16384)
+body = data.split(b"\r\n\r\n", 1)[1]
+while True:
+    sys.stdout.buffer.write(body)
+    done += len(body)
+    time.sleep(max(0.0, start + done / rate - time.monotonic()))
+    body = s.recv(16384)
+    if not body:
+        break
+"#;
+
+/// Flow control and failures, as the process sees them through the agent:
+/// a process reading slower than the server sends gets every byte at its
+/// own pace (its window shuts and reopens all along), and a destination
+/// that refuses in the cluster refuses the process's connect() at once
+/// (ECONNREFUSED, as in the pod), not a connection that ends empty.
+pub async fn slow_reader_and_refusals(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    c.apply_yaml(SERVERS, Some(ns)).await?;
+    c.apply_yaml(NO_ENDPOINTS, Some(ns)).await?;
+    c.wait_deployment(ns, "web", crate::support::READY).await?;
+    let project = intercept_project(ns, "hello", "");
+    let mut up = project.up(&[]);
+    up.wait_for(ACTIVE, UP).await;
+    up.wait_for("process local started", UP).await;
+    let web_ip = pod_ip(c, ns, "app=web").await?;
+
+    // 4 MiB read at 256 KiB/s: 16 s at the reader's pace (a stack that
+    // resumes only on a timer, or overruns the shut window: a minute).
+    let reader = project.path().join("slow.py");
+    std::fs::write(&reader, SLOW_READER).expect("write the reader");
+    const N: usize = 4 << 20;
+    let want = sha256_of(|w| blob(w, N));
+    let started = Instant::now();
+    let out = exec(
+        &project,
+        &format!("python3 {} web {N} 262144 | sha256sum", reader.display()),
+    );
+    let took = started.elapsed();
+    assert!(stdout(&out).starts_with(&want), "slow read: {}", text(&out));
+    eprintln!("4 MiB read at 256 KiB/s through the tunnel: {took:?} (ideal 16 s)");
+    assert!(took < Duration::from_secs(48), "slow read took {took:?}");
+
+    // Refused in the cluster: a closed port of a pod, a Service with no
+    // endpoints. bash's connect() says what it got.
+    let refusals = [
+        ("a closed port", format!("{web_ip}/8099")),
+        ("a Service with no endpoints", "nobody/80".to_owned()),
+    ];
+    for (what, dest) in refusals {
+        let started = Instant::now();
+        let out = project.tpr(&[
+            "exec",
+            "--",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{dest}"),
+        ]);
+        let took = started.elapsed();
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("connect: Connection refused"),
+            "{what}: {}",
+            text(&out)
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "{what}: refused after {took:?}"
+        );
+    }
+    up.wait_for("outbound via intercept", Duration::from_secs(10))
+        .await;
+    Ok(())
+}
+
+/// A UDP service on port 5353 whose endpoint is the cluster's DNS server
+/// (port 53): a UDP server other than a nameserver, as the process sees it.
+fn udp_service(dns_pod_ip: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: dns5353}}
+spec:
+  ports: [{{name: dns, port: 5353, protocol: UDP, targetPort: 53}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns5353-1
+  labels: {{kubernetes.io/service-name: dns5353}}
+addressType: IPv4
+ports: [{{name: dns, port: 53, protocol: UDP}}]
+endpoints: [{{addresses: ["{dns_pod_ip}"]}}]
+"#
+    )
+}
+
+/// UDP other than DNS leaves through the agent (`DialUdp`): dig asks the
+/// 5353 service (not the resolver's port 53, so not tpr's resolver) and
+/// gets the cluster's answer, datagram by datagram.
+pub async fn udp(c: &Cluster, ns: &str) -> Result<()> {
+    deploy_hello(c, ns).await?;
+    c.apply_yaml(SERVERS, Some(ns)).await?;
+    let dns_ip = pod_ip(c, "kube-system", "k8s-app=kube-dns").await?;
+    c.apply_yaml(&udp_service(&dns_ip), Some(ns)).await?;
+    c.wait_deployment(ns, "web", crate::support::READY).await?;
+    let services: Api<Service> = Api::namespaced(c.client.clone(), ns);
+    let cluster_ip = services
+        .get("web")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("web has a ClusterIP");
+    let project = intercept_project(ns, "hello", "");
+    let mut up = project.up(&[]);
+    up.wait_for(ACTIVE, UP).await;
+    up.wait_for("process local started", UP).await;
+    let out = exec(
+        &project,
+        &format!(
+            "dig +short +time=5 +tries=2 -p 5353 @dns5353.{ns}.svc.cluster.local web.{ns}.svc.cluster.local"
+        ),
+    );
+    assert_eq!(stdout(&out), cluster_ip, "{}\n{}", text(&out), up.stderr());
     Ok(())
 }

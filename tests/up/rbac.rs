@@ -10,7 +10,12 @@ use crate::support::{ProjectDir, deploy_hello, free_port};
 use crate::{bare_project, template_json, text};
 
 /// The admin kubeconfig's server and CA, with a ServiceAccount's token.
-async fn kubeconfig_for(c: &Cluster, ns: &str, sa: &str, path: &std::path::Path) -> Result<()> {
+pub(crate) async fn kubeconfig_for(
+    c: &Cluster,
+    ns: &str,
+    sa: &str,
+    path: &std::path::Path,
+) -> Result<()> {
     let sas = Api::<ServiceAccount>::namespaced(c.client.clone(), ns);
     let account: ServiceAccount = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}

@@ -198,7 +198,8 @@ fn full(s: impl Into<Bytes>) -> Body {
 }
 
 /// An HTTP server (HTTP/1.1 and h2c): `/echo*` streams the request body
-/// back; an Upgrade request switches to a raw stream that writes
+/// back; `/show*` answers "<label> <METHOD> <path and query> cookie=<the
+/// Cookie headers, joined by ` | `>"; an Upgrade request switches to a raw stream that writes
 /// "<label> upgraded\n" and echoes; anything else answers
 /// "<label> <METHOD> <path>".
 pub async fn http_server(label: &'static str) -> Server {
@@ -244,6 +245,20 @@ fn answer(label: &'static str, mut req: Request<Incoming>) -> Response<Body> {
     }
     if req.uri().path().starts_with("/echo") {
         return Response::new(req.into_body().boxed());
+    }
+    if req.uri().path().starts_with("/show") {
+        let cookies: Vec<_> = req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+        return Response::new(full(format!(
+            "{label} {} {target} cookie={}",
+            req.method(),
+            cookies.join(" | ")
+        )));
     }
     Response::new(full(format!(
         "{label} {} {}",

@@ -40,16 +40,7 @@ pub fn run(args: &EnvArgs) -> miette::Result<ExitCode> {
     };
     let env = super::block_on(async {
         let cluster = run::connect(&project).await?;
-        let ns = plan::namespace_of(&project, &intercept, cluster.default_namespace());
-        let target = plan::target(
-            &intercept,
-            &ns,
-            intercept
-                .ports
-                .first()
-                .and_then(|p| p.service_port.as_ref()),
-        );
-        let resolved = k8s::resolve(&cluster, &target).await?;
+        let resolved = plan::resolve_intercept(&cluster, &project, &intercept).await?;
         let pod = k8s::find_agent_pod(&cluster, &resolved.workload).await?;
         let channel = crate::up::link_channel(&cluster, &pod).await?;
         crate::tunnel::get_env(channel)

@@ -7,6 +7,7 @@ mod env;
 mod exec;
 mod leave;
 mod list;
+mod preview;
 mod status;
 mod uninstall;
 mod up;
@@ -37,6 +38,22 @@ pub enum Command {
     Leave(leave::LeaveArgs),
     /// Show the connection, install id and this project's intercepts.
     Status(status::StatusArgs),
+    /// Print an intercept's preview link, or give it a new token (`url`, `rotate`).
+    ///
+    /// An http intercept with `[intercept.preview]` gets a link through the
+    /// team's own ingress: `https://<ingress>/<path>?tpr_preview=<token>`. A
+    /// request carrying the token (the `tpr_preview` query parameter, then
+    /// the cookie the traffic agent sets) comes to this machine while `tpr
+    /// up` runs; all other traffic goes to the cluster as before. No third
+    /// party is involved. `tpr up` prints the link in the intercept block
+    /// (`Preview URL`), `tpr status` shows it.
+    ///
+    /// The token is 128 random bits, kept per install id and intercept in
+    /// `preview-tokens.json` beside the install id (mode 0600) until
+    /// rotated. It is a bearer secret: whoever has the link reaches your
+    /// machine through the intercept. Share it like a password; rotate it
+    /// when it leaked or is no longer needed.
+    Preview(preview::PreviewArgs),
     /// List the workloads of a namespace: interceptable, agent, intercepted.
     List(list::ListArgs),
     /// Remove the traffic agent and restore the workloads' pod templates.
@@ -62,6 +79,7 @@ pub fn run(args: Args) -> miette::Result<ExitCode> {
         Command::Down(a) => down::run(&a),
         Command::Leave(a) => leave::run(&a),
         Command::Status(a) => status::run(&a),
+        Command::Preview(a) => preview::run(&a),
         Command::List(a) => list::run(&a),
         Command::Uninstall(a) => uninstall::run(&a),
         Command::Env(a) => env::run(&a),

@@ -140,6 +140,9 @@ pub fn run(args: &StatusArgs) -> miette::Result<ExitCode> {
                                 p.detail.as_deref().unwrap_or("-")
                             );
                         }
+                        if let Some(url) = &i.preview_url {
+                            println!("             preview URL: {url}");
+                        }
                         if let Some(root) = &i.volumes {
                             println!(
                                 "             mounted files: {} (TELEPRESENCE_ROOT; a read-only copy of the pod's, kept current; writes stay local)",

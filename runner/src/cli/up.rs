@@ -22,7 +22,10 @@ Each object has an \"event\" field:
   progress              message
   installed             workload, kind, namespace, seconds
   intercept_active      name, workload, kind, namespace, mechanism, ports[{local, service_port}],
-                        headers[{header, regex}], path_prefix, pods (every ready pod routes)
+                        headers[{header, regex}], path_prefix, pods (every ready pod routes),
+                        preview_url (null without [intercept.preview]; its token is a secret)
+  preview_ingress       intercept, ingress (detected from; null: the file), host, port, tls, l5, path
+  preview_rotated       name, preview_url (tpr preview rotate: the old link no longer routes here)
   to_pod_listening      workload, kind, namespace, ports
   env_written           intercept, file, variables (a count), skipped (names), format
   no_processes

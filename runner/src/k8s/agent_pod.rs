@@ -3,19 +3,14 @@
 //! every connection is a new port-forward.
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::{Container, Pod};
-use kube::Api;
-use kube::api::Portforwarder;
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use k8s_openapi::api::core::v1::Container;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::port_forward::{PortForwardStream, port_forward};
 use super::rollout::pods_of;
 use super::template::AgentPort;
 use super::{AGENT_CONTAINER, Cluster, K8sError, Workload};
@@ -178,98 +173,6 @@ pub async fn wait_for_agent_pods(
             }
             other => return other,
         }
-    }
-}
-
-/// One port-forwarded connection to a pod port. Reads fail with the
-/// kubelet's message when the pod side fails (e.g. nothing listens).
-pub struct PortForwardStream {
-    stream: DuplexStream,
-    error: Option<BoxFuture<'static, Option<String>>>,
-    // Owns the background task that carries the WebSocket.
-    _forwarder: Portforwarder,
-}
-
-/// Opens a port-forward to `pod:port` through the API server
-/// (`create pods/portforward`).
-pub async fn port_forward(
-    cluster: &Cluster,
-    namespace: &str,
-    pod: &str,
-    port: u16,
-) -> Result<PortForwardStream, K8sError> {
-    let api: Api<Pod> = Api::namespaced(cluster.client().clone(), namespace);
-    let mut forwarder = api.portforward(pod, &[port]).await.map_err(|e| {
-        cluster
-            .request("create", "pods/portforward", namespace)
-            .error(e)
-    })?;
-    let fail = |cause: &str| K8sError::PortForward {
-        pod: pod.into(),
-        port,
-        namespace: namespace.into(),
-        cause: cause.into(),
-    };
-    let stream = forwarder
-        .take_stream(port)
-        .ok_or_else(|| fail("no stream for the port"))?;
-    let error = forwarder.take_error(port).map(|f| f.boxed());
-    Ok(PortForwardStream {
-        stream,
-        error,
-        _forwarder: forwarder,
-    })
-}
-
-impl PortForwardStream {
-    fn poll_error(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        let fut = self.error.as_mut()?;
-        match fut.poll_unpin(cx) {
-            Poll::Ready(msg) => {
-                self.error = None;
-                msg.map(|m| io::Error::new(io::ErrorKind::ConnectionRefused, m))
-            }
-            Poll::Pending => None,
-        }
-    }
-}
-
-impl AsyncRead for PortForwardStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => Poll::Ready(Ok(())),
-            // At EOF or while waiting, a pod-side error explains why.
-            other => match self.poll_error(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => other,
-            },
-        }
-    }
-}
-
-impl AsyncWrite for PortForwardStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if let Some(e) = self.poll_error(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -35,8 +35,10 @@ mod cluster;
 mod diagnose;
 mod drift;
 mod error;
+mod ingress;
 mod install;
 mod list;
+mod port_forward;
 mod progress;
 mod resolve;
 mod rollout;
@@ -44,15 +46,17 @@ mod template;
 mod workload;
 
 pub use agent_pod::{
-    AgentPod, AgentPods, PortForwardConnector, PortForwardStream, agent_channel, agent_pods,
-    find_agent_pod, port_forward, ready_agent_pods, wait_for_agent_pod, wait_for_agent_pods,
+    AgentPod, AgentPods, PortForwardConnector, agent_channel, agent_pods, find_agent_pod,
+    ready_agent_pods, wait_for_agent_pod, wait_for_agent_pods,
 };
 pub use cluster::{Cluster, ClusterOptions};
 pub use diagnose::{PodProblem, diagnose_pod};
 pub use drift::{Drift, check as check_drift};
 pub use error::{K8sError, Rollback};
+pub use ingress::{IngressRoute, list_ingresses, routes_to};
 pub use install::{InstallOutcome, UninstallOutcome, install, uninstall, uninstall_all};
 pub use list::{Interceptable, WorkloadSummary, list, summarize, workloads};
+pub use port_forward::{PortForwardStream, port_forward};
 pub use progress::{Progress, spinner};
 pub use resolve::{
     InterceptTarget, PortId, Resolved, ServicePortRef, get_workload, resolve, resolve_in, selects,

@@ -42,6 +42,12 @@ impl Default for RolloutOptions {
     }
 }
 
+/// Most rollouts of one pod finish within seconds: look every 100 ms that
+/// long (a few small reads), so a fresh start does not wait a poll period
+/// at each of its steps (new pod ready, old pod stopped); then every `poll`.
+const EAGER: Duration = Duration::from_secs(8);
+const EAGER_POLL: Duration = Duration::from_millis(100);
+
 fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
@@ -216,8 +222,13 @@ pub(crate) async fn roll_out(
                 last,
             });
         }
+        let poll = if start.elapsed() < EAGER {
+            opts.poll.min(EAGER_POLL)
+        } else {
+            opts.poll
+        };
         tokio::select! {
-            _ = tokio::time::sleep(opts.poll) => {}
+            _ = tokio::time::sleep(poll) => {}
             _ = opts.cancel.cancelled() => return Err(RolloutError::Interrupted),
         }
     }

@@ -32,6 +32,8 @@ use super::{HOST_ADDR, HOST_ALIAS, Shared, lock};
 const HOST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_TTL: Duration = Duration::from_secs(30);
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// A UDP flow to a cluster nameserver with no query for this long ends.
+const FLOW_IDLE: Duration = Duration::from_secs(30);
 
 type Cache = Mutex<HashMap<Question, (Instant, Vec<u8>)>>;
 
@@ -200,20 +202,14 @@ pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// A UDP flow to a cluster nameserver seen by the stack: each datagram is
-/// a query answered through the agent.
-pub async fn serve_flow(mut udp: ipstack::IpStackUdpStream, shared: Arc<Shared>) {
-    let mut buf = vec![0; 65_535];
-    loop {
-        // The stack ends an idle flow after its UDP timeout.
-        let Ok(n) = udp.read(&mut buf).await else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        let reply = answer(&buf[..n], &shared).await;
-        if udp.write_all(&reply).await.is_err() {
-            return;
-        }
+/// a query answered through the agent, each on its own task (a resolver
+/// asks A and AAAA at once). The flow ends once idle.
+pub async fn serve_flow(mut flow: super::net::UdpFlow, shared: Arc<Shared>) {
+    while let Ok(Some(query)) = tokio::time::timeout(FLOW_IDLE, flow.recv()).await {
+        let (reply, shared) = (flow.reply(), shared.clone());
+        tokio::spawn(async move {
+            let answer = answer(&query, &shared).await;
+            let _ = reply.send(&answer);
+        });
     }
 }

@@ -1,68 +1,49 @@
-//! The userspace TCP/IP stack behind the namespace's TUN device.
-//!
-//! `ipstack` (chosen over smoltcp: it hands out each TCP connection, to any
-//! destination, as a tokio `AsyncRead + AsyncWrite` stream with no socket
-//! table or poll loop of ours; it is maintained and small: etherparse,
-//! tokio) terminates the process's connections. Each is then dialled where
-//! it belongs: a cluster address through the agent (`DialOut`, the pod is
-//! the source), `host.tpr.internal` on the host's localhost, anything else
-//! from the host. A failed dial ends the process's connection with a reset
-//! at once and is reported (`outbound_failed`).
+//! Where each connection of the namespace's stack ([`super::net`]) goes
+//! (UDP: [`super::udp`]): a cluster address is dialled by the agent
+//! (`DialOut`, the pod is the source), `host.tpr.internal` on the host's
+//! localhost, anything else from the host. The process's SYN is answered
+//! only once the destination answered, so a refusal there is a refusal here
+//! (ECONNREFUSED from `connect()`), reported as `outbound_failed`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ipstack::{IpStack, IpStackConfig, IpStackStream, TcpConfig};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tpr_schema::proto::{self, pipe};
 use tracing::debug;
 
+use super::net::{self, Incoming, PendingTcp};
+use super::relay::{self, Remote};
 use super::tun::Device;
-use super::{HOST_ADDR, Shared, dns};
+use super::{HOST_ADDR, Shared};
 
 /// How long a dial from the host may take before the process's connection
-/// is reset (a dial through the agent has the agent's own limit).
+/// is refused (a dial through the agent has the agent's own limit).
 const HOST_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Copy buffer per direction: large reads, few trips through the stack.
-const BUFFER: usize = 64 << 10;
-
-/// Idle connections live as long as the process keeps them (ipstack's own
-/// default closes them after a minute of silence).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
-
 pub async fn run(device: Device, mtu: u16, shared: Arc<Shared>) {
-    let mut config = IpStackConfig::default();
-    config.mtu_unchecked(mtu);
-    let mut tcp = TcpConfig::default();
-    tcp.timeout = IDLE_TIMEOUT;
-    config.with_tcp_config(tcp);
-    let mut stack = IpStack::new(config, device);
-    while let Ok(stream) = stack.accept().await {
-        match stream {
-            IpStackStream::Tcp(tcp) => {
-                tokio::spawn(tcp_connection(tcp, shared.clone()));
-            }
-            IpStackStream::Udp(udp) => {
-                tokio::spawn(udp_flow(udp, shared.clone()));
-            }
-            // ICMP and the like: nothing answers them.
-            IpStackStream::UnknownTransport(_) | IpStackStream::UnknownNetwork(_) => {}
+    let flows = shared.stats.flows.clone();
+    net::run(device, mtu, flows, |flow| match flow {
+        Incoming::Tcp(pending) => {
+            tokio::spawn(tcp_connection(pending, shared.clone()));
         }
-    }
+        Incoming::Udp(flow) => {
+            tokio::spawn(super::udp::flow(flow, shared.clone()));
+        }
+    })
+    .await;
 }
 
 /// Where a destination is dialled.
-enum Via {
+pub(super) enum Via {
     Agent,
     HostLoopback(SocketAddr),
     Host,
 }
 
-fn via(dest: SocketAddr, shared: &Shared) -> Via {
+pub(super) fn via(dest: SocketAddr, shared: &Shared) -> Via {
     if dest.ip() == HOST_ADDR {
         Via::HostLoopback(SocketAddr::from((Ipv4Addr::LOCALHOST, dest.port())))
     } else if shared.routes.is_cluster(dest.ip()) {
@@ -89,33 +70,28 @@ impl Drop for Open<'_> {
     }
 }
 
-async fn tcp_connection(mut tcp: ipstack::IpStackTcpStream, shared: Arc<Shared>) {
-    let dest = tcp.peer_addr();
+async fn tcp_connection(pending: PendingTcp, shared: Arc<Shared>) {
+    let dest = pending.dest();
     let _open = Open::new(&shared);
-    let result = match via(dest, &shared) {
-        Via::Agent => match dial_agent(&shared, dest).await {
-            Ok(mut remote) => relay(&mut tcp, &mut remote).await,
-            Err(reason) => Err(reason),
-        },
-        Via::HostLoopback(addr) => match dial_host(addr).await {
-            Ok(mut remote) => relay(&mut tcp, &mut remote).await,
-            Err(reason) => Err(reason),
-        },
-        Via::Host => match dial_host(dest).await {
-            Ok(mut remote) => relay(&mut tcp, &mut remote).await,
-            Err(reason) => Err(reason),
-        },
+    let dialled = match via(dest, &shared) {
+        Via::Agent => dial_agent(&shared, dest).await,
+        Via::HostLoopback(addr) => dial_host(addr).await,
+        Via::Host => dial_host(dest).await,
     };
-    if let Err(reason) = result {
-        shared.failed(dest.to_string(), reason);
-        // The process's connection ends at once (ipstack has no reset to
-        // send): its FIN, and the stream is dropped soon after either way.
-        let _ = tokio::time::timeout(Duration::from_secs(30), close(&mut tcp)).await;
+    match dialled {
+        Ok(remote) => {
+            relay::run(pending.accept(), remote).await;
+            debug!(%dest, "outbound connection ended");
+        }
+        Err(reason) => {
+            pending.refuse();
+            shared.failed(dest.to_string(), reason);
+        }
     }
 }
 
-/// A `DialOut` stream through the egress agent, as a byte stream.
-async fn dial_agent(shared: &Shared, dest: SocketAddr) -> Result<pipe::Pipe, String> {
+/// A `DialOut` stream through the egress agent.
+async fn dial_agent(shared: &Shared, dest: SocketAddr) -> Result<Remote, String> {
     let (pod, channel) = shared.egress()?;
     let (inbound, outbound) = pipe::call(
         &channel,
@@ -124,71 +100,19 @@ async fn dial_agent(shared: &Shared, dest: SocketAddr) -> Result<pipe::Pipe, Str
     )
     .await
     .map_err(|status| format!("through the agent in pod {pod}: {}", status.message()))?;
-    Ok(pipe::Pipe::new(inbound, outbound))
+    Ok(Remote::Agent(inbound, outbound))
 }
 
-async fn dial_host(dest: SocketAddr) -> Result<TcpStream, String> {
+async fn dial_host(dest: SocketAddr) -> Result<Remote, String> {
     match tokio::time::timeout(HOST_DIAL_TIMEOUT, TcpStream::connect(dest)).await {
         Ok(Ok(tcp)) => {
             pipe::tune_local(&tcp);
-            Ok(tcp)
+            Ok(Remote::Host(tcp))
         }
         Ok(Err(e)) => Err(format!("from this host: {e}")),
         Err(_) => Err(format!(
             "from this host: no answer within {HOST_DIAL_TIMEOUT:?}"
         )),
-    }
-}
-
-/// Relays until both directions ended. Errors after the dial are the
-/// connection's own ending (a reset by either side), not a failure to
-/// report.
-async fn relay<A, B>(process: &mut A, remote: &mut B) -> Result<(), String>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (process_read, mut process_write) = tokio::io::split(process);
-    let (remote_read, mut remote_write) = tokio::io::split(remote);
-    let up = async {
-        let mut from = BufReader::with_capacity(BUFFER, process_read);
-        let _ = tokio::io::copy_buf(&mut from, &mut remote_write).await;
-        let _ = remote_write.shutdown().await;
-    };
-    let down = async {
-        let mut from = BufReader::with_capacity(BUFFER, remote_read);
-        let _ = tokio::io::copy_buf(&mut from, &mut process_write).await;
-        close(&mut process_write).await;
-    };
-    tokio::join!(up, down);
-    debug!("outbound connection ended");
-    Ok(())
-}
-
-/// Sends the process its FIN. ipstack sends it only from a `poll_shutdown`
-/// made while none of its data is unacknowledged, and does not poll again by
-/// itself; so poll until the connection is closed, backing off to a second.
-async fn close<W: AsyncWrite + Unpin>(write: &mut W) {
-    let mut wait = Duration::from_millis(2);
-    loop {
-        if tokio::time::timeout(wait, write.shutdown()).await.is_ok() {
-            return;
-        }
-        wait = (wait * 2).min(Duration::from_secs(1));
-    }
-}
-
-/// UDP: DNS to a cluster nameserver (`dig @10.96.0.10`) is answered by the
-/// resolver through the agent; other UDP is not carried (yet) and reported.
-async fn udp_flow(udp: ipstack::IpStackUdpStream, shared: Arc<Shared>) {
-    let dest = udp.peer_addr();
-    if dest.port() == 53 && shared.routes.is_cluster(dest.ip()) {
-        dns::serve_flow(udp, shared).await;
-    } else {
-        shared.failed(
-            format!("udp {dest}"),
-            "only TCP and DNS are carried out of the outbound namespace".into(),
-        );
     }
 }
 
@@ -201,7 +125,7 @@ pub async fn serve_to_pod(
     shared: Arc<Shared>,
 ) {
     loop {
-        let Ok((mut tcp, _)) = listener.accept().await else {
+        let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -223,8 +147,10 @@ pub async fn serve_to_pod(
             .await
             {
                 Ok((inbound, outbound)) => {
-                    let mut remote = pipe::Pipe::new(inbound, outbound);
-                    let _ = relay(&mut tcp, &mut remote).await;
+                    pipe::tune_local(&tcp);
+                    if let Err(e) = pipe::splice(tcp, inbound, outbound).await {
+                        debug!(port, "to_pod relay ended: {e}");
+                    }
                 }
                 Err(status) => shared.failed(
                     format!("to_pod 127.0.0.1:{port}"),

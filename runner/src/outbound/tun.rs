@@ -1,19 +1,18 @@
 //! The TUN device of a namespace: created and configured with the classic
 //! ioctls (no netlink library, no `ip` binary), and read and written one
-//! packet at a time by the userspace stack through [`Device`].
+//! packet at a time by the userspace stack ([`super::net`]) through
+//! [`Device`].
 //!
 //! These calls run on the namespace's thread, so the device, its address and
 //! its route exist only in that namespace.
 
 use std::ffi::c_char;
 use std::io;
+use std::io::IoSlice;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
@@ -158,6 +157,8 @@ pub fn default_route(name: &str) -> io::Result<()> {
 }
 
 /// The TUN device for the stack: each read is one packet, each write one.
+/// Reads wait on the reactor; writes do not wait at all (a TUN device
+/// takes a packet at once or drops it, as a link would; TCP resends).
 pub struct Device {
     fd: AsyncFd<OwnedFd>,
 }
@@ -171,49 +172,22 @@ impl Device {
             fd: AsyncFd::new(fd)?,
         })
     }
-}
 
-impl AsyncRead for Device {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    /// The next packet into `buf`; its length.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut *unfilled)?)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Device {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| Ok(rustix::io::write(fd.get_ref(), buf)?)) {
-                Ok(result) => return Poll::Ready(result),
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut *buf)?)) {
+                Ok(result) => return result,
                 Err(_would_block) => continue,
             }
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    /// Writes one packet made of `parts` (header, payload: no copy to join
+    /// them).
+    pub fn send(&self, parts: &[IoSlice<'_>]) -> io::Result<()> {
+        rustix::io::writev(self.fd.get_ref(), parts)?;
+        Ok(())
     }
 }

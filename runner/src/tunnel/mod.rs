@@ -16,7 +16,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tpr_schema::proto::{self, GetEnvRequest, agent_client::AgentClient};
 
-pub use session::{HeaderMatch, Hello, InterceptSpec, Mechanism, Notice, Session};
+pub use session::{HeaderMatch, Hello, InterceptSpec, Mechanism, Notice, PreviewToken, Session};
 pub use to_pod::ToPod;
 
 /// What went wrong talking to the agent.

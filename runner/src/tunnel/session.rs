@@ -75,6 +75,27 @@ pub struct InterceptSpec {
     /// How long a connection waits for `target` to listen (a process that
     /// starts or restarts) before it is refused.
     pub wait: Duration,
+    /// http only: requests carrying this preview token (query parameter or
+    /// cookie `tpr_preview`) come here whatever their headers.
+    pub preview: Option<PreviewToken>,
+}
+
+/// A preview link's token, as registered with an http intercept. It is a
+/// bearer secret: `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreviewToken {
+    pub token: String,
+    /// The link is https: the agent's cookie gets `Secure`.
+    pub secure: bool,
+}
+
+impl std::fmt::Debug for PreviewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreviewToken")
+            .field("token", &"<secret>")
+            .field("secure", &self.secure)
+            .finish()
+    }
 }
 
 /// Something the user should know, reported once per occurrence (not once
@@ -221,6 +242,12 @@ impl Session {
             headers,
             path_prefix,
             local_port: u32::from(spec.target.port()),
+            preview_token: spec
+                .preview
+                .as_ref()
+                .map(|p| p.token.clone())
+                .unwrap_or_default(),
+            preview_secure: spec.preview.as_ref().is_some_and(|p| p.secure),
         });
         let result = self.ask(&spec.name, create).await;
         if result.is_err() {

@@ -1,5 +1,5 @@
 //! The control socket of a running `tpr up` (beside its state file): one
-//! line in (`status`, `leave NAME`, `down`), one line out (`ok ...` or
+//! line in (`status`, `leave NAME`, `preview-rotate NAME`, `down`), one line out (`ok ...` or
 //! `err ...`). `tpr leave`, `down` and `status` use it.
 
 use std::path::Path;
@@ -18,6 +18,8 @@ pub enum Request {
     Status,
     /// End one intercept.
     Leave(String),
+    /// Register an intercept again with its new preview token.
+    RotatePreview(String),
     /// Stop `tpr up`.
     Down,
 }
@@ -27,6 +29,7 @@ impl Request {
         let line = line.trim();
         match line.split_once(' ') {
             Some(("leave", name)) => Some(Request::Leave(name.trim().to_owned())),
+            Some(("preview-rotate", name)) => Some(Request::RotatePreview(name.trim().to_owned())),
             None if line == "status" => Some(Request::Status),
             None if line == "down" => Some(Request::Down),
             _ => None,
@@ -37,6 +40,7 @@ impl Request {
         match self {
             Request::Status => "status\n".into(),
             Request::Leave(name) => format!("leave {name}\n"),
+            Request::RotatePreview(name) => format!("preview-rotate {name}\n"),
             Request::Down => "down\n".into(),
         }
     }
@@ -128,7 +132,12 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        for r in [Request::Status, Request::Down, Request::Leave("a-b".into())] {
+        for r in [
+            Request::Status,
+            Request::Down,
+            Request::Leave("a-b".into()),
+            Request::RotatePreview("a-b".into()),
+        ] {
             assert_eq!(Request::parse(&r.line()), Some(r));
         }
         assert_eq!(Request::parse("bogus"), None);

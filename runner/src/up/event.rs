@@ -61,7 +61,28 @@ pub enum UpEvent {
         path_prefix: Option<String>,
         /// The pods that route here: every ready pod of the workload.
         pods: Vec<String>,
+        /// The preview link (`[intercept.preview]`): its token is a
+        /// secret; `null` without a preview.
+        preview_url: Option<String>,
     },
+    /// Where an intercept's preview link goes: the file's ingress, or the
+    /// one detected (said before anything in the cluster changes).
+    PreviewIngress {
+        intercept: String,
+        /// The Ingress it was detected from; `null`: from the file.
+        ingress: Option<String>,
+        /// The address connected to.
+        host: String,
+        port: u16,
+        tls: bool,
+        /// The name in the Host header, SNI and link, when not `host`.
+        l5: Option<String>,
+        /// Where the link lands.
+        path: String,
+    },
+    /// `tpr preview rotate`: the intercept has a new preview link; the old
+    /// one no longer routes here.
+    PreviewRotated { name: String, preview_url: String },
     /// The `to_pod` ports of a workload listen on localhost.
     ToPodListening {
         #[serde(flatten)]
@@ -290,6 +311,38 @@ impl UpEvent {
                 workload.display()
             )),
             UpEvent::InterceptActive { .. } => Out(self.active_block()),
+            UpEvent::PreviewIngress {
+                intercept,
+                ingress,
+                host,
+                port,
+                tls,
+                l5,
+                ..
+            } => {
+                let scheme = if *tls { "https" } else { "http" };
+                let name = l5.as_deref().unwrap_or(host);
+                let from = match ingress {
+                    Some(i) => format!("detected ingress/{i}"),
+                    None => "[intercept.preview.ingress]".to_owned(),
+                };
+                let via = if l5.is_some() {
+                    format!(" through {host}:{port}")
+                } else {
+                    String::new()
+                };
+                let clear = if *tls {
+                    ""
+                } else {
+                    "; plain http: the link's token crosses the network unencrypted"
+                };
+                Err(format!(
+                    "preview of intercept {intercept}: {scheme}://{name}{via} ({from}){clear}"
+                ))
+            }
+            UpEvent::PreviewRotated { name, preview_url } => Out(format!(
+                "intercept {name}: new preview URL (the old one no longer routes here)\n    Preview URL            : {preview_url}\n"
+            )),
             UpEvent::ToPodListening { workload, ports } => Err(format!(
                 "to_pod: localhost:{} reach the pods of {}",
                 join(ports),
@@ -451,6 +504,7 @@ impl UpEvent {
             headers,
             path_prefix,
             pods,
+            preview_url,
         } = self
         else {
             return String::new();
@@ -476,8 +530,12 @@ impl UpEvent {
             .map(|p| format!("127.0.0.1:{}", p.local))
             .collect();
         let ids: Vec<&str> = ports.iter().map(|p| p.service_port.as_str()).collect();
+        let preview = preview_url
+            .as_ref()
+            .map(|u| format!("    Preview URL            : {u}\n"))
+            .unwrap_or_default();
         format!(
-            "intercepted\n    Intercept name         : {name}\n    State                  : ACTIVE\n    Workload kind          : {}\n    Destination            : {}\n    Service Port Identifier: {}\n    Pods                   : {}\n    Intercepting           : {intercepting}\n",
+            "intercepted\n    Intercept name         : {name}\n    State                  : ACTIVE\n    Workload kind          : {}\n    Destination            : {}\n    Service Port Identifier: {}\n    Pods                   : {}\n    Intercepting           : {intercepting}\n{preview}",
             workload.kind,
             destinations.join(", "),
             ids.join(", "),

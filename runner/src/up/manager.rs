@@ -57,6 +57,27 @@ struct Active {
     link: WorkloadId,
     /// One per port of the intercept.
     resolved: Vec<Resolved>,
+    preview: Option<Preview>,
+}
+
+/// An intercept's preview link: where it goes and its token (a secret).
+#[derive(Clone)]
+struct Preview {
+    plan: super::preview::PreviewPlan,
+    token: String,
+}
+
+impl Preview {
+    fn url(&self) -> String {
+        self.plan.url(&self.token)
+    }
+}
+
+/// An intercept to register: resolved, its preview found (read-only).
+struct Planned {
+    intercept: Intercept,
+    resolved: Vec<Resolved>,
+    preview: Option<Preview>,
 }
 
 /// The cluster side of a running `tpr up`.
@@ -163,7 +184,7 @@ impl Manager {
         }
         let context_ns = self.cluster.default_namespace().to_owned();
         // 1. Resolve what is new or changed (read-only).
-        let mut todo: Vec<(Intercept, Vec<Resolved>)> = Vec::new();
+        let mut todo: Vec<Planned> = Vec::new();
         for intercept in &project.intercepts {
             if self
                 .active
@@ -182,7 +203,28 @@ impl Manager {
                         .await?,
                 );
             }
-            todo.push((intercept.clone(), resolved));
+            // Where its preview goes, also before anything changes.
+            let plan = self
+                .guard
+                .run(super::preview::plan(&self.cluster, intercept, &resolved[0]))
+                .await?;
+            let preview = match plan {
+                Some(plan) => Some(Preview {
+                    token: super::preview::token(&self.install_id, &intercept.name)?,
+                    plan,
+                }),
+                None => None,
+            };
+            todo.push(Planned {
+                intercept: intercept.clone(),
+                resolved,
+                preview,
+            });
+        }
+        for p in &todo {
+            if let Some(preview) = &p.preview {
+                self.events.emit(preview.plan.event(&p.intercept.name));
+            }
         }
         let leaving_any = self.active.keys().any(|n| project.intercept(n).is_none());
         let changed = !todo.is_empty() || leaving_any;
@@ -191,7 +233,9 @@ impl Manager {
         let leaving: Vec<String> = self
             .active
             .keys()
-            .filter(|n| !wanted.contains(n.as_str()) || todo.iter().any(|(i, _)| &i.name == *n))
+            .filter(|n| {
+                !wanted.contains(n.as_str()) || todo.iter().any(|p| &p.intercept.name == *n)
+            })
             .cloned()
             .collect();
         for name in leaving {
@@ -215,23 +259,22 @@ impl Manager {
         // 3. Install and connect per workload, then register.
         let agent = plan::agent_spec(project);
         self.agent = agent.clone();
-        let mut by_workload: BTreeMap<WorkloadId, Vec<(Intercept, Vec<Resolved>)>> =
-            BTreeMap::new();
-        for (intercept, resolved) in todo {
-            let id = workload_id(&resolved[0]);
-            by_workload
-                .entry(id)
-                .or_default()
-                .push((intercept, resolved));
+        let mut by_workload: BTreeMap<WorkloadId, Vec<Planned>> = BTreeMap::new();
+        for planned in todo {
+            let id = workload_id(&planned.resolved[0]);
+            by_workload.entry(id).or_default().push(planned);
         }
         for (id, items) in by_workload {
-            let workload = items[0].1[0].workload.clone();
+            let workload = items[0].resolved[0].workload.clone();
             self.events.emit(UpEvent::Installing {
                 workload: WorkloadRef::of(&workload),
             });
             let mut requests: Vec<_> = items
                 .iter()
-                .flat_map(|(i, rs)| rs.iter().map(|r| r.port_request(is_http(i))))
+                .flat_map(|p| {
+                    let http = is_http(&p.intercept);
+                    p.resolved.iter().map(move |r| r.port_request(http))
+                })
                 .collect();
             requests.extend(self.active.values().filter(|a| a.link == id).flat_map(|a| {
                 let http = is_http(&a.intercept);
@@ -291,13 +334,16 @@ impl Manager {
                     .collect();
                 for name in existing {
                     let a = self.active.remove(&name).expect("listed");
-                    self.register(project, &id, a.intercept, a.resolved, false)
-                        .await?;
+                    let again = Planned {
+                        intercept: a.intercept,
+                        resolved: a.resolved,
+                        preview: a.preview,
+                    };
+                    self.register(project, &id, again, false).await?;
                 }
             }
-            for (intercept, resolved) in items {
-                self.register(project, &id, intercept, resolved, true)
-                    .await?;
+            for planned in items {
+                self.register(project, &id, planned, true).await?;
             }
         }
         self.sync_to_pod().await?;
@@ -326,11 +372,16 @@ impl Manager {
         &mut self,
         project: &Project,
         id: &WorkloadId,
-        intercept: Intercept,
-        resolved: Vec<Resolved>,
+        planned: Planned,
         print: bool,
     ) -> Result<(), UpError> {
+        let Planned {
+            intercept,
+            resolved,
+            preview,
+        } = planned;
         let wait = plan::connection_wait(project, &intercept.name);
+        let token = preview.as_ref().map(|p| p.plan.token(p.token.clone()));
         let link = self.links.get_mut(id).expect("connected");
         for (index, r) in resolved.iter().enumerate() {
             link.create(plan::intercept_spec(
@@ -339,6 +390,7 @@ impl Manager {
                 r,
                 &self.install_id,
                 wait,
+                token.as_ref(),
             ))
             .await?;
         }
@@ -353,6 +405,7 @@ impl Manager {
                 &ids,
                 &self.install_id,
                 &link.pod_names(),
+                preview.as_ref().map(Preview::url),
             );
             // At the start, ACTIVE waits for the process that serves the
             // intercept to pass its readiness check (connections wait too).
@@ -370,9 +423,54 @@ impl Manager {
                 intercept,
                 link: id.clone(),
                 resolved,
+                preview,
             },
         );
         Ok(())
+    }
+
+    /// `tpr preview rotate NAME`: registers the intercept again with the
+    /// token now in the store (the old link stops routing here). Returns
+    /// the new link.
+    pub async fn rotate_preview(&mut self, name: &str) -> Result<String, UpError> {
+        let Some(a) = self.active.get(name) else {
+            return Err(UpError::UnknownIntercept {
+                name: name.into(),
+                known: self.active.keys().cloned().collect(),
+            });
+        };
+        let Some(preview) = &a.preview else {
+            return Err(UpError::NoPreview { name: name.into() });
+        };
+        let preview = Preview {
+            plan: preview.plan.clone(),
+            token: super::preview::token(&self.install_id, name)?,
+        };
+        let not_connected = || UpError::NotConnected { pod: name.into() };
+        let link = self.links.get_mut(&a.link).ok_or_else(not_connected)?;
+        // What is registered for the first port, with the new token.
+        let mut spec = link
+            .intercepts
+            .get(&plan::agent_name(&a.intercept, 0))
+            .cloned()
+            .ok_or_else(not_connected)?;
+        spec.preview = Some(preview.plan.token(preview.token.clone()));
+        let created = link.create(spec.clone()).await;
+        if created.is_err() {
+            // A pod that failed dropped its session (the agent ended its
+            // intercepts): when it is back, the new token is registered,
+            // never the old one.
+            link.intercepts.insert(spec.name.clone(), spec);
+        }
+        let url = preview.url();
+        self.active.get_mut(name).expect("looked up above").preview = Some(preview);
+        self.write_state();
+        created?;
+        self.events.emit(UpEvent::PreviewRotated {
+            name: name.to_owned(),
+            preview_url: url.clone(),
+        });
+        Ok(url)
     }
 
     /// The `to_pod` listeners of every link: the union of its intercepts'.
@@ -551,6 +649,7 @@ impl Manager {
                             tpr_schema::Mechanism::Http(_) => "http".into(),
                         },
                         volumes: self.volumes.root(&a.intercept.name),
+                        preview_url: a.preview.as_ref().map(Preview::url),
                     }
                 })
                 .collect();

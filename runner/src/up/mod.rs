@@ -10,6 +10,7 @@ pub mod interrupt;
 mod link;
 mod manager;
 pub mod plan;
+pub mod preview;
 mod processes;
 mod progress;
 pub mod run;
@@ -95,6 +96,21 @@ pub enum UpError {
     /// Outbound (the processes' network namespaces) cannot be set up.
     #[error(transparent)]
     Outbound(#[from] crate::outbound::OutboundError),
+    /// An intercept's preview link cannot be made (its ingress is not
+    /// found, or several are).
+    #[error("preview of intercept {intercept}: {message}")]
+    Preview {
+        intercept: String,
+        message: String,
+        #[help]
+        help: String,
+    },
+    /// `tpr preview` named an intercept without `[intercept.preview]`.
+    #[error("intercept {name} has no preview link")]
+    #[diagnostic(help(
+        "add [intercept.preview] to it (an http intercept), e.g. `preview.enabled = true` to detect the ingress; README: Preview URLs"
+    ))]
+    NoPreview { name: String },
     /// Ctrl-C or SIGTERM stopped the start-up.
     #[error("interrupted")]
     Interrupted,

@@ -12,7 +12,7 @@ use tpr_schema::{INTERCEPT_ID_HEADER, Intercept, Mechanism as FileMechanism, Por
 
 use super::event::{HeaderRule, InterceptPort, UpEvent, WorkloadRef};
 use crate::k8s::{self, AgentSpec, InterceptTarget, Resolved};
-use crate::tunnel::{HeaderMatch, InterceptSpec, Mechanism};
+use crate::tunnel::{HeaderMatch, InterceptSpec, Mechanism, PreviewToken};
 
 /// The target of one port of an intercept.
 pub fn target(intercept: &Intercept, namespace: &str, port: Option<&PortId>) -> InterceptTarget {
@@ -34,6 +34,21 @@ pub fn namespace_of(project: &Project, intercept: &Intercept, context_default: &
         .clone()
         .or_else(|| project.cluster.namespace.clone())
         .unwrap_or_else(|| context_default.to_owned())
+}
+
+/// Resolves an intercept's workload and Service as `tpr up` would, on its
+/// first port: for the commands that act on one intercept of the file.
+pub async fn resolve_intercept(
+    cluster: &k8s::Cluster,
+    project: &Project,
+    intercept: &Intercept,
+) -> Result<Resolved, k8s::K8sError> {
+    let ns = namespace_of(project, intercept, cluster.default_namespace());
+    let port = intercept
+        .ports
+        .first()
+        .and_then(|p| p.service_port.as_ref());
+    k8s::resolve(cluster, &target(intercept, &ns, port)).await
 }
 
 /// The agent container's settings from the file's `[agent]` table.
@@ -99,13 +114,15 @@ pub fn header_matches(intercept: &Intercept, install_id: &str) -> Vec<HeaderMatc
     out
 }
 
-/// The intercept to register for port `index` of `intercept`.
+/// The intercept to register for port `index` of `intercept`. A preview
+/// token goes with the first port only (the preview is of that port).
 pub fn intercept_spec(
     intercept: &Intercept,
     index: usize,
     resolved: &Resolved,
     install_id: &str,
     wait: Duration,
+    preview: Option<&PreviewToken>,
 ) -> InterceptSpec {
     let mechanism = match &intercept.mechanism {
         FileMechanism::Tcp => Mechanism::Tcp,
@@ -120,6 +137,7 @@ pub fn intercept_spec(
         mechanism,
         target: SocketAddr::from((Ipv4Addr::LOCALHOST, intercept.ports[index].local)),
         wait,
+        preview: preview.filter(|_| index == 0).cloned(),
     }
 }
 
@@ -154,6 +172,7 @@ pub fn active(
     port_ids: &[String],
     install_id: &str,
     pods: &[String],
+    preview_url: Option<String>,
 ) -> UpEvent {
     let (mechanism, path_prefix) = match &intercept.mechanism {
         FileMechanism::Tcp => ("tcp", None),
@@ -189,6 +208,7 @@ pub fn active(
         headers,
         path_prefix,
         pods: pods.to_vec(),
+        preview_url,
     }
 }
 
@@ -219,10 +239,17 @@ mod tests {
             kind: "Deployment".into(),
             namespace: "shop".into(),
         };
-        let event = active(i, workload, &["8080".into()], "a-b", &["hello-1".into()]);
+        let event = active(
+            i,
+            workload,
+            &["8080".into()],
+            "a-b",
+            &["hello-1".into()],
+            None,
+        );
         assert_eq!(
             event.json(),
-            r#"{"event":"intercept_active","name":"hello","workload":"hello","kind":"Deployment","namespace":"shop","mechanism":"http","ports":[{"local":8080,"service_port":"8080"}],"headers":[{"header":"x-telepresence-intercept-id","regex":"a-b:hello"}],"path_prefix":null,"pods":["hello-1"]}"#
+            r#"{"event":"intercept_active","name":"hello","workload":"hello","kind":"Deployment","namespace":"shop","mechanism":"http","ports":[{"local":8080,"service_port":"8080"}],"headers":[{"header":"x-telepresence-intercept-id","regex":"a-b:hello"}],"path_prefix":null,"pods":["hello-1"],"preview_url":null}"#
         );
     }
 

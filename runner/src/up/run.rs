@@ -82,14 +82,17 @@ pub async fn up(
     let paths = StatePaths::for_project(&options.file)?;
     check_not_running(&paths, &options.file, events)?;
     // Before the cluster changes: a file that asks for outbound where it
-    // cannot be had stops here.
-    let outbound = Outbound::new(
-        &project.network,
-        !project.intercepts.is_empty(),
-        events,
-        outbound::state_path(&paths.file),
-    )?;
-    let cluster = match guard.run(connect(&project)).await {
+    // cannot be had stops here. The probe (a namespace and a TUN device,
+    // some 30 ms) runs while the cluster connects.
+    let probe = {
+        let (network, has_intercepts) = (project.network.clone(), !project.intercepts.is_empty());
+        let state = outbound::state_path(&paths.file);
+        tokio::task::spawn_blocking(move || Outbound::new(&network, has_intercepts, events, state))
+    };
+    let (outbound, cluster) = tokio::join!(probe, guard.run(connect(&project)));
+    // The probe's thread only ends by returning or panicking.
+    let outbound = outbound.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    let cluster = match cluster {
         Err(UpError::Interrupted) => return Ok(interrupt.code().unwrap_or(130)),
         other => other?,
     };
@@ -320,6 +323,9 @@ async fn manage(
                             }
                             Err(e) => Err(e.to_string()),
                         },
+                        Request::RotatePreview(name) => {
+                            manager.rotate_preview(&name).await.map_err(|e| e.to_string())
+                        }
                         Request::Down => {
                             handle.shutdown(true);
                             Ok("stopping".into())

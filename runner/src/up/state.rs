@@ -32,6 +32,10 @@ pub struct InterceptState {
     /// The read-only copy of the pod's mounted files (`TELEPRESENCE_ROOT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<PathBuf>,
+    /// The preview link (`[intercept.preview]`); its token is a secret
+    /// (the state file is 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_url: Option<String>,
 }
 
 /// One ready agent pod of an intercepted workload.

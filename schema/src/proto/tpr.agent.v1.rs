@@ -72,6 +72,17 @@ pub struct CreateIntercept {
     /// The workstation's local port, named in errors such as the 502 body.
     #[prost(uint32, tag = "6")]
     pub local_port: u32,
+    /// http only: the preview token (empty: no preview). A request carrying it
+    /// as the query parameter `tpr_preview` or the cookie `tpr_preview` goes to
+    /// this intercept whatever its headers (its path prefix still applies). The
+    /// agent strips the token before forwarding; a query-parameter hit answers
+    /// with `Set-Cookie: tpr_preview=<token>; Path=/; HttpOnly; SameSite=Lax`.
+    /// Tokens must be unguessable (at least 128 random bits) and unique.
+    #[prost(string, tag = "7")]
+    pub preview_token: ::prost::alloc::string::String,
+    /// http only: the preview link uses TLS (https): the cookie gets `Secure`.
+    #[prost(bool, tag = "8")]
+    pub preview_secure: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RemoveIntercept {
@@ -692,6 +703,35 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("tpr.agent.v1.Agent", "NetworkInfo"));
             self.inner.unary(req, path, codec).await
         }
+        /// Outbound UDP: datagrams between the workstation's process and
+        /// <ip>:<port> (request metadata `tpr-dest`, as for `DialOut`), sent and
+        /// received by a UDP socket of the pod connected to it. Each `Chunk` is
+        /// one datagram, each way. The workstation ends the stream when its flow
+        /// is idle; the agent ends it after a minute without a datagram.
+        pub async fn dial_udp(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::Chunk>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::Chunk>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tpr.agent.v1.Agent/DialUdp",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tpr.agent.v1.Agent", "DialUdp"));
+            self.inner.streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -807,6 +847,21 @@ pub mod agent_server {
             tonic::Response<super::NetworkInfoResponse>,
             tonic::Status,
         >;
+        /// Server streaming response type for the DialUdp method.
+        type DialUdpStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::Chunk, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Outbound UDP: datagrams between the workstation's process and
+        /// <ip>:<port> (request metadata `tpr-dest`, as for `DialOut`), sent and
+        /// received by a UDP socket of the pod connected to it. Each `Chunk` is
+        /// one datagram, each way. The workstation ends the stream when its flow
+        /// is idle; the agent ends it after a minute without a datagram.
+        async fn dial_udp(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::Chunk>>,
+        ) -> std::result::Result<tonic::Response<Self::DialUdpStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AgentServer<T> {
@@ -1276,6 +1331,50 @@ pub mod agent_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tpr.agent.v1.Agent/DialUdp" => {
+                    #[allow(non_camel_case_types)]
+                    struct DialUdpSvc<T: Agent>(pub Arc<T>);
+                    impl<T: Agent> tonic::server::StreamingService<super::Chunk>
+                    for DialUdpSvc<T> {
+                        type Response = super::Chunk;
+                        type ResponseStream = T::DialUdpStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::Chunk>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Agent>::dial_udp(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DialUdpSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

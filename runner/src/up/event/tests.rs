@@ -192,6 +192,7 @@ fn an_active_intercept_reads_like_telepresence_for_people() {
         headers: vec![],
         path_prefix: None,
         pods: vec!["hello-a".into(), "hello-b".into()],
+        preview_url: None,
     };
     assert_eq!(
         human(&tcp),
@@ -214,13 +215,58 @@ fn an_active_intercept_reads_like_telepresence_for_people() {
         }],
         path_prefix: Some("/api".into()),
         pods: vec!["hello-a".into()],
+        preview_url: Some("https://shop.test/api/?tpr_preview=00ff".into()),
     };
     assert!(
         human(&http).1.ends_with(
-            "Intercepting           : HTTP requests that match all of:\n      header(\"x-dev\") ~= regexp(\"al.*\")\n      path starts with \"/api\"\n"
+            "Intercepting           : HTTP requests that match all of:\n      header(\"x-dev\") ~= regexp(\"al.*\")\n      path starts with \"/api\"\n    Preview URL            : https://shop.test/api/?tpr_preview=00ff\n"
         ),
         "{}",
         human(&http).1
+    );
+    assert!(
+        http.json().ends_with(
+            r#""pods":["hello-a"],"preview_url":"https://shop.test/api/?tpr_preview=00ff"}"#
+        ),
+        "{}",
+        http.json()
+    );
+}
+
+#[test]
+fn a_preview_says_where_it_goes_and_a_rotation_gives_the_new_link() {
+    let detected = UpEvent::PreviewIngress {
+        intercept: "hello".into(),
+        ingress: Some("hello".into()),
+        host: "10.244.0.1".into(),
+        port: 443,
+        tls: true,
+        l5: Some("shop.tpr.test".into()),
+        path: "/".into(),
+    };
+    assert_eq!(
+        human(&detected),
+        (
+            "err",
+            "preview of intercept hello: https://shop.tpr.test through 10.244.0.1:443 (detected ingress/hello)".to_string()
+        )
+    );
+    assert_eq!(
+        detected.json(),
+        r#"{"event":"preview_ingress","intercept":"hello","ingress":"hello","host":"10.244.0.1","port":443,"tls":true,"l5":"shop.tpr.test","path":"/"}"#
+    );
+    let rotated = UpEvent::PreviewRotated {
+        name: "hello".into(),
+        preview_url: "http://a.test/?tpr_preview=01".into(),
+    };
+    assert_eq!(
+        rotated.json(),
+        r#"{"event":"preview_rotated","name":"hello","preview_url":"http://a.test/?tpr_preview=01"}"#
+    );
+    assert!(
+        human(&rotated)
+            .1
+            .contains("Preview URL            : http://a.test/?tpr_preview=01")
     );
 }
 
