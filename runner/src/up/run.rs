@@ -81,17 +81,21 @@ pub async fn up(
     });
     let paths = StatePaths::for_project(&options.file)?;
     check_not_running(&paths, &options.file, events)?;
-    // Before the cluster changes: a file that asks for outbound where it
-    // cannot be had stops here. The probe (a namespace and a TUN device,
-    // some 30 ms) runs while the cluster connects.
+    // The outbound probe (a namespace and a TUN device, some 30 ms) runs
+    // beside the start. A file that asks for outbound waits for it before
+    // the cluster changes, so where it cannot be had nothing changes; by
+    // default a failure only warns, and the start does not wait for it.
     let probe = {
         let (network, has_intercepts) = (project.network.clone(), !project.intercepts.is_empty());
         let state = outbound::state_path(&paths.file);
         tokio::task::spawn_blocking(move || Outbound::new(&network, has_intercepts, events, state))
     };
-    let (outbound, cluster) = tokio::join!(probe, guard.run(connect(&project)));
-    // The probe's thread only ends by returning or panicking.
-    let outbound = outbound.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    let (outbound, probe, cluster) = if project.network.outbound == Some(true) {
+        let (outbound, cluster) = tokio::join!(probe_result(probe), guard.run(connect(&project)));
+        (outbound?, None, cluster)
+    } else {
+        (None, Some(probe), guard.run(connect(&project)).await)
+    };
     let cluster = match cluster {
         Err(UpError::Interrupted) => return Ok(interrupt.code().unwrap_or(130)),
         other => other?,
@@ -128,6 +132,16 @@ pub async fn up(
             None => Err(e),
         };
     }
+    let outbound = match probe {
+        Some(probe) => match probe_result(probe).await {
+            Ok(o) => o,
+            Err(e) => {
+                manager.shutdown().await;
+                return Err(e);
+            }
+        },
+        None => outbound,
+    };
     if let Some(o) = &outbound {
         o.set_channels(manager.egress_channels());
         if let Err(e) = o.prepare(&project).await {
@@ -239,6 +253,17 @@ pub async fn up(
         o.remove_state();
     }
     Ok(outcome?.exit_code())
+}
+
+/// What the outbound probe found: outbound on, off, or not to be had.
+async fn probe_result(
+    probe: tokio::task::JoinHandle<Result<Option<Arc<Outbound>>, outbound::OutboundError>>,
+) -> Result<Option<Arc<Outbound>>, UpError> {
+    // The probe's thread only ends by returning or panicking.
+    let result = probe
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    Ok(result?)
 }
 
 /// The process specs, each in its outbound namespace when outbound is on.
