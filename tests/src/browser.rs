@@ -77,6 +77,22 @@ impl Browser {
     /// the page does not load (a network or TLS error: Chromium's
     /// `net::ERR_...`), or it takes longer than [`Self::timeout`].
     pub async fn load(&self, url: &str, png: Option<&Path>) -> Result<String> {
+        // Chromium abandons a load when the machine's interfaces change (a
+        // pod started by another test adds a veth): ERR_NETWORK_CHANGED says
+        // nothing about the page, so that load is made again.
+        let mut attempts = 1;
+        loop {
+            match self.load_once(url, png).await {
+                Err(Error::Browser(e)) if e.contains("ERR_NETWORK_CHANGED") && attempts < 5 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn load_once(&self, url: &str, png: Option<&Path>) -> Result<String> {
         let bin = std::env::var_os("TPR_CHROMIUM").unwrap_or_else(|| CHROMIUM.into());
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.env("HOME", self.home.path())
