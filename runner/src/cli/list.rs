@@ -11,8 +11,8 @@ use super::status::Output;
 use crate::k8s::{self, Cluster, ClusterOptions, Interceptable};
 use crate::project_file::ProjectArgs;
 use crate::up::UpError;
-use crate::up::control::{Request, ask};
-use crate::up::state::{State, StatePaths};
+use crate::up::control::live_state;
+use crate::up::state::StatePaths;
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
@@ -62,11 +62,7 @@ pub fn run(args: &ListArgs) -> miette::Result<ExitCode> {
             .await;
             sessions.insert(w.display(), count);
         }
-        let state: Option<State> = ask(&paths.socket, &Request::Status)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|t| serde_json::from_str(&t).ok());
+        let state = live_state(&paths).await;
         Ok::<_, UpError>((namespace, rows, state, sessions))
     })?;
     let health_of = |kind: &k8s::WorkloadKind, name: &str| {

@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use tpr_schema::{Intercept, Project};
 
 use crate::project_file::ProjectArgs;
-use crate::up::control::{Request, ask};
-use crate::up::state::{State, StatePaths};
+use crate::up::control::{Request, ask, live_state};
+use crate::up::state::StatePaths;
 use crate::up::{UpError, install_id, plan, preview, run};
 
 /// The `preview` subcommands (their help: `Command::Preview` in cli/mod.rs).
@@ -68,18 +68,12 @@ fn previewed<'a>(project: &'a Project, name: &str) -> Result<&'a Intercept, UpEr
     Ok(intercept)
 }
 
-/// The running `tpr up`'s state, if one runs for the project.
-async fn running(paths: &StatePaths) -> Option<State> {
-    let text = ask(&paths.socket, &Request::Status).await.ok().flatten()?;
-    serde_json::from_str(&text).ok()
-}
-
 fn url(args: &NameArgs) -> miette::Result<ExitCode> {
     let project = args.project.load()?;
     let intercept = previewed(&project, &args.name)?.clone();
     let paths = StatePaths::for_project(&args.project.file)?;
     let link = super::block_on(async {
-        let live = running(&paths).await.and_then(|s| {
+        let live = live_state(&paths).await.and_then(|s| {
             s.intercepts
                 .into_iter()
                 .find(|i| i.name == intercept.name)
@@ -113,7 +107,7 @@ fn rotate(args: &NameArgs) -> miette::Result<ExitCode> {
     let paths = StatePaths::for_project(&args.project.file)?;
     preview::rotate(&install_id::install_id()?, &intercept.name)?;
     let answer = super::block_on(async {
-        let live = running(&paths).await;
+        let live = live_state(&paths).await;
         let active = live
             .as_ref()
             .is_some_and(|s| s.intercepts.iter().any(|i| i.name == intercept.name));

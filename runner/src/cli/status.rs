@@ -7,8 +7,8 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use crate::project_file::ProjectArgs;
-use crate::up::control::{Request, ask};
-use crate::up::state::{State, StatePaths};
+use crate::up::control::live_state;
+use crate::up::state::StatePaths;
 use crate::up::{install_id, run};
 
 /// Output format of the read-only commands.
@@ -32,12 +32,10 @@ pub fn run(args: &StatusArgs) -> miette::Result<ExitCode> {
     let project = args.project.load()?;
     let paths = StatePaths::for_project(&args.project.file)?;
     let id = install_id::install_id()?;
-    let (cluster, live) = super::block_on(async {
+    let (cluster, state) = super::block_on(async {
         let cluster = run::connect(&project).await;
-        let live = ask(&paths.socket, &Request::Status).await.ok().flatten();
-        (cluster, live)
+        (cluster, live_state(&paths).await)
     });
-    let state: Option<State> = live.and_then(|text| serde_json::from_str(&text).ok());
     let namespace = project.cluster.namespace.clone().or_else(|| {
         cluster
             .as_ref()

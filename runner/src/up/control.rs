@@ -87,6 +87,12 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Incoming>) -> Result<(), UpError> {
     Ok(())
 }
 
+/// The state of the `tpr up` running for the project of `paths`, if one is.
+pub async fn live_state(paths: &super::state::StatePaths) -> Option<super::state::State> {
+    let text = ask(&paths.socket, &Request::Status).await.ok().flatten()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// Sends a request to the `tpr up` listening on `path`. `Ok(None)`: nobody
 /// listens there.
 pub async fn ask(path: &Path, request: &Request) -> Result<Option<String>, UpError> {
