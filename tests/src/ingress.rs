@@ -174,6 +174,46 @@ pub async fn deploy_ingress_for(
     Ok(())
 }
 
+/// How long [`settled`] waits for the controller to catch up.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// Waits until the controller reaches only live pods of `host`'s Service:
+/// after a rollout (the agent's install) it keeps sending some requests to
+/// the replaced pods until its own view of the endpoints catches up
+/// (Traefik applies changes in batches, 2 s apart by default); such a
+/// request waits on an address that is gone, or gets a 502. `want` is
+/// what the live pods answer on `/`; ten such answers in a row, each
+/// within 2 s, and the routing has settled.
+pub async fn settled(host: &str, https: bool, want: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    let mut in_a_row = 0;
+    let mut last = String::new();
+    while in_a_row < 10 {
+        let ok = match get_within(host, "/", https, &[], Duration::from_secs(2)).await {
+            Ok(r) if r.body.contains(want) => true,
+            Ok(r) => {
+                last = format!("{} {}", r.status, r.body);
+                false
+            }
+            Err(e) => {
+                last = e.to_string();
+                false
+            }
+        };
+        in_a_row = if ok { in_a_row + 1 } else { 0 };
+        if start.elapsed() > SETTLE {
+            return Err(Error::Timeout(
+                SETTLE,
+                format!("the ingress to route {host} only to live pods (last: {last})"),
+            ));
+        }
+        if !ok {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
 /// An HTTP response as curl received it.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -226,10 +266,23 @@ impl Response {
 /// (or `Name:value`). Redirects are not followed. Fails (naming the URL)
 /// when no response came (connection refused, TLS verification, 10 s).
 pub async fn get(host: &str, path: &str, https: bool, headers: &[&str]) -> Result<Response> {
+    get_within(host, path, https, headers, Duration::from_secs(10)).await
+}
+
+/// [`get`] giving up after `limit`.
+async fn get_within(
+    host: &str,
+    path: &str,
+    https: bool,
+    headers: &[&str],
+    limit: Duration,
+) -> Result<Response> {
     let (scheme, port) = if https { ("https", 443) } else { ("http", 80) };
     let url = format!("{scheme}://{host}{path}");
     let mut cmd = tokio::process::Command::new("curl");
-    cmd.args(["-sS", "-i", "--max-time", "10", "--resolve"])
+    cmd.args(["-sS", "-i", "--max-time"])
+        .arg(format!("{:.1}", limit.as_secs_f64()))
+        .arg("--resolve")
         .arg(format!("{host}:{port}:127.0.0.1"));
     if https {
         cmd.arg("--cacert").arg(ca_path());

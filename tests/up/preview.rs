@@ -90,28 +90,6 @@ async fn up_fails(c: &Cluster, ns: &str, project: &ProjectDir, env: &[(&str, &st
     )
 }
 
-/// Waits until the controller reaches only live pods: after the agent's
-/// rollout it may still send some requests to the replaced pod (a 502 of
-/// its own) until its endpoints catch up. Ten answers from the app in a
-/// row.
-async fn settled(host: &str) {
-    let start = Instant::now();
-    let mut in_a_row = 0;
-    while in_a_row < 10 {
-        let ok = ingress::get(host, "/", true, &[])
-            .await
-            .is_ok_and(|r| r.body.contains("hello from hello-"));
-        in_a_row = if ok { in_a_row + 1 } else { 0 };
-        assert!(
-            start.elapsed() < SETTLE,
-            "the ingress did not settle on the new pods in {SETTLE:?}"
-        );
-        if !ok {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
 /// Asks several times: every answer contains `want`.
 async fn always(host: &str, path: &str, headers: &[&str], want: &str) {
     for _ in 0..4 {
@@ -137,7 +115,7 @@ pub async fn links(c: &Cluster, ns: &str) -> Result<()> {
     ));
     let mut up_a = alice.up(&[]);
     up_a.wait_for(ACTIVE, UP).await;
-    settled(&host).await;
+    ingress::settled(&host, true, "hello from hello-").await?;
     let url_a = preview_url(&up_a);
     let prefix = format!("https://{host}/?tpr_preview=");
     assert!(url_a.starts_with(&prefix), "{url_a}");

@@ -123,6 +123,8 @@ pub async fn browser(c: &Cluster, ns: &str) -> Result<()> {
     up.wait_for("\"event\":\"intercept_active\"", UP).await;
     up.wait_for(&format!("workstation listening on 127.0.0.1:{port}"), UP)
         .await;
+    // The controller may still send some requests to the replaced pod.
+    ingress::settled(&host, true, "hello from hello-").await?;
     let ev = events(&up.stdout());
     // Detected: the TLS Ingress's host, at the address it publishes.
     let detected = event(&ev, "preview_ingress", &all(&up));
