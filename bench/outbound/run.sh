@@ -19,6 +19,11 @@
 #   {tpr,direct}_download_mib_s, _upload_mib_s, tpr_*_pct_of_direct
 #                         100 MiB (TPR_BENCH_MIB) from hello's /blob, to its
 #                         POST /sum
+#   portforward_{download,upload}_mib_s, tpr_*_pct_of_portforward
+#                         the same transfers through `kubectl port-forward`
+#                         to the web pod: the API server's streaming path,
+#                         the ceiling of anything that reaches a pod
+#                         through it (tpr's agent connection included)
 #   {tpr,direct}_dns_cluster_first_p50_ms, _cached_p50_ms
 #                         A lookups of Service names (absolute, so one query
 #                         each): 20 names never looked up before, then one
@@ -185,6 +190,19 @@ figure tpr_download_pct_of_direct "$(calc "100 * $td / $dd" 0)" % ">= 25 %"
 figure tpr_upload_mib_s "$tu" MiB/s
 figure direct_upload_mib_s "$du" MiB/s
 figure tpr_upload_pct_of_direct "$(calc "100 * $tu / $du" 0)" % ">= 25 %"
+# The ceiling of any path through the API server: `kubectl port-forward`
+# to the web pod, the same client on its local port.
+pf_port=$(free_port)
+web_pod=$("$kubectl" -n "$ns" get pods -l app=web -o jsonpath='{.items[0].metadata.name}')
+"$kubectl" -n "$ns" port-forward "pod/$web_pod" "$pf_port:8080" >/dev/null 2>&1 &
+pids+=($!)
+until client http 127.0.0.1 "$pf_port" 1 >/dev/null 2>&1; do sleep 0.2; done
+pd=$(client down 127.0.0.1 "$pf_port" "$bytes")
+pu=$(client up 127.0.0.1 "$pf_port" "$bytes")
+figure portforward_download_mib_s "$pd" MiB/s
+figure portforward_upload_mib_s "$pu" MiB/s
+figure tpr_download_pct_of_portforward "$(calc "100 * $td / $pd" 0)" %
+figure tpr_upload_pct_of_portforward "$(calc "100 * $tu / $pu" 0)" %
 
 say "DNS"
 names() { for i in $(seq "$2" "$3"); do printf '%s ' "$1$i.$4."; done; }

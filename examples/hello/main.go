@@ -160,6 +160,19 @@ func serve() error {
 	mux.HandleFunc("GET /page", preview("text/html; charset=utf-8", previewPage))
 	mux.HandleFunc("GET /style.css", preview("text/css; charset=utf-8", previewStyle))
 	mux.HandleFunc("GET /api/who", preview("text/plain; charset=utf-8", "{who}\n"))
+	// An upstream that fails mid-request, as its clients see it: the
+	// connection is reset (tests check a reset crosses tpr as a reset).
+	mux.HandleFunc("GET /reset", func(w http.ResponseWriter, r *http.Request) {
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if tcp, ok := conn.(*net.TCPConn); ok {
+			tcp.SetLinger(0)
+		}
+		conn.Close()
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

@@ -500,7 +500,7 @@ async fn outbound_reaches_a_to_pod_sidecar_on_the_namespaces_localhost() {
 }
 
 #[tokio::test]
-async fn outbound_keeps_pace_with_a_slow_reader_and_passes_refusals_on() {
+async fn outbound_keeps_pace_with_a_slow_reader_and_passes_refusals_and_resets_on() {
     in_namespace!("up-out-flow", (outbound::slow_reader_and_refusals));
 }
 

@@ -694,7 +694,8 @@ while True:
 /// a process reading slower than the server sends gets every byte at its
 /// own pace (its window shuts and reopens all along), and a destination
 /// that refuses in the cluster refuses the process's connect() at once
-/// (ECONNREFUSED, as in the pod), not a connection that ends empty.
+/// (ECONNREFUSED, as in the pod), not a connection that ends empty, and a
+/// connection the pod's peer resets is reset for the process too.
 pub async fn slow_reader_and_refusals(c: &Cluster, ns: &str) -> Result<()> {
     deploy_hello(c, ns).await?;
     c.apply_yaml(SERVERS, Some(ns)).await?;
@@ -748,6 +749,20 @@ pub async fn slow_reader_and_refusals(c: &Cluster, ns: &str) -> Result<()> {
             "{what}: refused after {took:?}"
         );
     }
+    // A Service whose pod resets the connection mid-request: the process
+    // sees the reset (curl's 56), not a clean end of an empty reply (52).
+    let out = project.tpr(&[
+        "exec",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "http://web/reset",
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(56), "{all}");
+    assert!(all.contains("Connection reset by peer"), "{all}");
     up.wait_for("outbound via intercept", Duration::from_secs(10))
         .await;
     Ok(())

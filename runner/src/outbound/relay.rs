@@ -10,7 +10,7 @@
 use std::io;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 use tpr_schema::proto::pipe::{self, wire};
 
 use super::net::TcpStream;
@@ -42,43 +42,59 @@ async fn agent(
     mut inbound: pipe::Inbound,
     outbound: pipe::Outbound,
 ) -> io::Result<()> {
-    let up = async move {
-        while let Some(data) = tcp.recv().await? {
-            if outbound.send(wire::message(&data)).await.is_err() {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the agent's stream ended",
-                ));
+    let failed = CancellationToken::new();
+    let up = async {
+        let send = async {
+            while let Some(data) = tcp.recv().await? {
+                if outbound.send(wire::message(&data)).await.is_err() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the agent's stream ended",
+                    ));
+                }
             }
+            Ok(())
+        };
+        let result = pipe::guarded(send, &failed).await;
+        if result.is_err() {
+            // The process reset: so does the pod's connection.
+            pipe::reset(outbound).await;
+        } else {
+            // Dropping `outbound` half-closes the stream: the pod's FIN.
+            drop(outbound);
         }
-        // Dropping `outbound` half-closes the stream: the pod's FIN.
-        Ok(())
+        result
     };
     let down = async {
-        while let Some(data) = inbound.next().await {
-            tcp.send(data?).await?;
-        }
-        tcp.shutdown();
-        Ok(())
+        let receive = async {
+            while let Some(data) = inbound.next().await {
+                tcp.send(data?).await?;
+            }
+            tcp.shutdown();
+            Ok(())
+        };
+        pipe::guarded(receive, &failed).await
     };
-    tokio::try_join!(up, down).map(|_| ())
+    let (up, down) = tokio::join!(up, down);
+    up.and(down)
 }
 
 async fn host(tcp: &TcpStream, remote: tokio::net::TcpStream) -> io::Result<()> {
-    let (reader, mut writer) = remote.into_split();
-    let up = async move {
+    let failed = CancellationToken::new();
+    let up = async {
         while let Some(data) = tcp.recv().await? {
-            writer.write_all(&data).await?;
+            pipe::write_all(&remote, &data).await?;
         }
-        writer.shutdown().await
+        rustix::net::shutdown(&remote, rustix::net::Shutdown::Write)?;
+        Ok(())
     };
     let down = async {
         loop {
             // The buffer is made once data is there: a quiet connection
             // holds none.
-            reader.readable().await?;
+            remote.readable().await?;
             let mut buf = BytesMut::with_capacity(CHUNK);
-            match reader.try_read_buf(&mut buf) {
+            match remote.try_read_buf(&mut buf) {
                 Ok(0) => break,
                 Ok(_) => tcp.send(buf.freeze()).await?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -88,5 +104,9 @@ async fn host(tcp: &TcpStream, remote: tokio::net::TcpStream) -> io::Result<()> 
         tcp.shutdown();
         Ok(())
     };
-    tokio::try_join!(up, down).map(|_| ())
+    let (up, down) = tokio::join!(pipe::guarded(up, &failed), pipe::guarded(down, &failed));
+    if up.is_err() || down.is_err() {
+        pipe::reset_on_close(&remote);
+    }
+    up.and(down)
 }

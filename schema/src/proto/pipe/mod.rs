@@ -20,10 +20,10 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http_body::{Body as _, Frame};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::sync::PollSender;
+use tokio_util::sync::{CancellationToken, PollSender};
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
@@ -46,21 +46,54 @@ pub struct Inbound {
 }
 
 /// Sending half: whole messages ([`wire::seal`], [`wire::message`]).
-/// Dropping it ends the stream (half-close).
+/// Dropping it ends the stream (half-close); sending [`RESET`] first ends
+/// it as a reset.
 pub type Outbound = mpsc::Sender<Bytes>;
+
+/// The message that resets the stream instead of ending it: its connection
+/// was reset on this side, and the other side's connection is reset too
+/// (a real message always has its 5-byte header, so it is never empty).
+pub const RESET: Bytes = Bytes::new();
 
 /// The body that carries what an [`Outbound`] sends.
 pub struct OutboundBody {
     rx: mpsc::Receiver<Bytes>,
     /// A server's response ends with `grpc-status: 0`; a request has none.
     trailers: Option<HeaderMap>,
+    /// A server's response that was reset ends with its status.
+    reset: bool,
 }
 
 /// A channel for the sending half; the body goes into the request or response.
 pub fn outbound() -> (Outbound, OutboundBody) {
     // A few chunks in flight keep the writer busy without holding much.
     let (tx, rx) = mpsc::channel(4);
-    (tx, OutboundBody { rx, trailers: None })
+    (
+        tx,
+        OutboundBody {
+            rx,
+            trailers: None,
+            reset: false,
+        },
+    )
+}
+
+/// Ends the stream as a reset ([`RESET`]). The reset queues behind the
+/// messages already sent; if the other side reads none for a second (its
+/// window is full) the stream ends as a close instead of waiting longer.
+pub async fn reset(outbound: Outbound) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), outbound.send(RESET)).await;
+}
+
+/// What a stream's reader sees when the other side reset the connection.
+const RESET_MESSAGE: &str = "the connection was reset on the other side";
+
+/// The trailers of a reset response: `ABORTED` with [`RESET_MESSAGE`].
+fn reset_trailers() -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(Code::Aborted as i32));
+    trailers.insert("grpc-message", HeaderValue::from_static(RESET_MESSAGE));
+    trailers
 }
 
 impl Inbound {
@@ -128,7 +161,20 @@ impl http_body::Body for OutboundBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.reset {
+            return Poll::Ready(None);
+        }
         match ready!(self.rx.poll_recv(cx)) {
+            Some(message) if message.is_empty() => {
+                self.reset = true;
+                // A response ends with the reset's status in its trailers;
+                // a request can only be cancelled (RST_STREAM), which the
+                // server reads as an error too.
+                Poll::Ready(Some(match self.trailers.take() {
+                    Some(_) => Ok(Frame::trailers(reset_trailers())),
+                    None => Err(Status::aborted(RESET_MESSAGE)),
+                }))
+            }
             Some(message) => Poll::Ready(Some(Ok(Frame::data(message)))),
             None => Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t)))),
         }
@@ -201,33 +247,93 @@ pub fn tune_local(tcp: &TcpStream) {
 /// Relays a TCP connection and a chunk stream until both directions ended.
 /// Socket reads become messages in place; received payloads are written
 /// straight from the frames they arrived in.
+///
+/// A FIN is passed on as the stream's end and back. A reset is passed on as
+/// a reset both ways: the socket's peer reset (or a failed write to it)
+/// resets the stream ([`RESET`]), and a stream reset (or broken) on the
+/// other side resets the socket, so neither end mistakes a crash for a
+/// clean end of data.
 pub async fn splice(tcp: TcpStream, mut inbound: Inbound, outbound: Outbound) -> io::Result<()> {
-    let (reader, mut writer) = tcp.into_split();
-    let up = async move {
-        loop {
-            // The buffer is made once data is there: a quiet connection
-            // holds none.
-            reader.readable().await?;
-            let mut buf = wire::buffer(CHUNK_SIZE);
-            match reader.try_read_buf(&mut buf) {
-                // Dropping `outbound` half-closes the stream.
-                Ok(0) => return Ok::<_, io::Error>(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+    // Set by whichever direction fails first; the other one stops too.
+    let failed = CancellationToken::new();
+    let up = async {
+        let read = async {
+            loop {
+                // The buffer is made once data is there: a quiet
+                // connection holds none.
+                tcp.readable().await?;
+                let mut buf = wire::buffer(CHUNK_SIZE);
+                match tcp.try_read_buf(&mut buf) {
+                    Ok(0) => return Ok::<_, io::Error>(()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+                // The other side is gone: nothing more to carry.
+                if outbound.send(wire::seal(buf)).await.is_err() {
+                    return Ok(());
+                }
             }
-            if outbound.send(wire::seal(buf)).await.is_err() {
-                return Ok(());
+        };
+        let result = guarded(read, &failed).await;
+        if result.is_err() {
+            reset(outbound).await;
+        } else {
+            // Dropping `outbound` ends the stream: a half-close after a FIN.
+            drop(outbound);
+        }
+        result
+    };
+    let down = async {
+        let write = async {
+            while let Some(data) = inbound.next().await {
+                write_all(&tcp, &data?).await?;
             }
-        }
+            rustix::net::shutdown(&tcp, rustix::net::Shutdown::Write)?;
+            Ok::<_, io::Error>(())
+        };
+        guarded(write, &failed).await
     };
-    let down = async move {
-        while let Some(data) = inbound.next().await {
-            writer.write_all(&data?).await?;
-        }
-        writer.shutdown().await
+    let (up, down) = tokio::join!(up, down);
+    if up.is_err() || down.is_err() {
+        reset_on_close(&tcp);
+    }
+    up.and(down)
+}
+
+/// Makes closing `tcp` a reset (a zero linger): its peer learns the
+/// connection failed rather than ended.
+pub fn reset_on_close(tcp: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(tcp, Some(std::time::Duration::ZERO));
+}
+
+/// One direction of a relay: stops when the other direction failed
+/// (`failed`), and when it fails itself, stops the other.
+pub async fn guarded(
+    direction: impl Future<Output = io::Result<()>>,
+    failed: &CancellationToken,
+) -> io::Result<()> {
+    let result = tokio::select! {
+        r = direction => r,
+        () = failed.cancelled() => Err(io::ErrorKind::ConnectionReset.into()),
     };
-    tokio::try_join!(up, down).map(|_| ())
+    if result.is_err() {
+        failed.cancel();
+    }
+    result
+}
+
+/// Writes all of `data` through a shared socket.
+pub async fn write_all(tcp: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A chunk stream as an `AsyncRead + AsyncWrite` byte stream, for protocol
@@ -306,6 +412,69 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    /// A connected pair of loopback sockets.
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// `a` ⇄ splice ⇄ (a request one way, a response the other) ⇄ splice ⇄
+    /// `b`, as an intercepted or outbound connection is carried.
+    async fn carried() -> (TcpStream, TcpStream) {
+        let (a, a_inner) = socket_pair().await;
+        let (b, b_inner) = socket_pair().await;
+        let (request_tx, request_body) = outbound();
+        let (response_tx, response_body) = outbound();
+        let response = respond(response_body).into_body();
+        tokio::spawn(splice(a_inner, Inbound::new(response), request_tx));
+        tokio::spawn(splice(
+            b_inner,
+            Inbound::new(Body::new(request_body)),
+            response_tx,
+        ));
+        (a, b)
+    }
+
+    /// Reads until the end; what was read, or the error that ended it.
+    async fn read_to_end(tcp: &mut TcpStream) -> io::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        tcp.read_to_end(&mut got).await.map(|_| got)
+    }
+
+    /// A FIN crosses as a FIN (the other direction stays open), and a
+    /// reset crosses as a reset, from either end.
+    #[tokio::test]
+    async fn a_close_arrives_as_a_close_and_a_reset_as_a_reset() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, mut b) = carried().await;
+        a.write_all(b"question").await.unwrap();
+        a.shutdown().await.unwrap();
+        assert_eq!(read_to_end(&mut b).await.unwrap(), b"question");
+        b.write_all(b"answer").await.unwrap();
+        b.shutdown().await.unwrap();
+        assert_eq!(read_to_end(&mut a).await.unwrap(), b"answer");
+
+        for a_resets in [true, false] {
+            let (mut a, b) = carried().await;
+            a.write_all(b"x").await.unwrap();
+            let (mut resetter, mut reader) = if a_resets { (a, b) } else { (b, a) };
+            resetter.write_all(b"hello").await.unwrap();
+            reset_on_close(&resetter);
+            drop(resetter);
+            let got =
+                tokio::time::timeout(std::time::Duration::from_secs(5), read_to_end(&mut reader))
+                    .await
+                    .expect("the reset arrives");
+            let e = got.expect_err("a reset, not a clean end");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+        }
+    }
 
     /// A loopback connection gets reno (this machine's default is BBR).
     #[tokio::test]
