@@ -10,6 +10,7 @@ mod interrupt;
 mod json;
 mod lifecycle;
 mod outbound;
+mod outbound_userns;
 mod preview;
 mod preview_browser;
 mod rbac;
@@ -512,6 +513,11 @@ async fn outbound_udp_leaves_through_the_agent() {
 #[tokio::test]
 async fn outbound_dns_answers_externalname_srv_and_ptr_as_the_cluster() {
     in_namespace!("up-out-dns", (outbound::dns_records));
+}
+
+#[tokio::test]
+async fn outbound_without_root_runs_in_a_user_namespace() {
+    in_namespace!("up-out-userns", (outbound_userns::unprivileged));
 }
 
 #[tokio::test]

@@ -57,6 +57,9 @@ pub fn free_port() -> u16 {
 pub struct ProjectDir {
     pub dir: tempfile::TempDir,
     pub install_id: String,
+    /// tpr runs as this uid (and gid), without root ([`Self::run_as`]).
+    user: Option<u32>,
+    kubeconfig: PathBuf,
 }
 
 impl ProjectDir {
@@ -69,7 +72,29 @@ impl ProjectDir {
         ProjectDir {
             dir,
             install_id: format!("{:08x}-e2e0-4000-8000-000000000000", rand()),
+            user: None,
+            kubeconfig: kubeconfig_path(),
         }
+    }
+
+    /// Every `tpr` of this project runs as `uid` (gid the same, no
+    /// supplementary groups), not root: the directory (its HOME and state
+    /// with it) becomes the user's, with a copy of the kubeconfig (0600).
+    pub fn run_as(mut self, uid: u32) -> Self {
+        let kubeconfig = self.path().join("kubeconfig");
+        std::fs::copy(kubeconfig_path(), &kubeconfig).expect("copy the kubeconfig");
+        let chown = Command::new("chown")
+            .args(["-R", &format!("{uid}:{uid}")])
+            .arg(self.path())
+            .status()
+            .expect("chown runs");
+        assert!(chown.success(), "chown of the project directory failed");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the kubeconfig");
+        self.user = Some(uid);
+        self.kubeconfig = kubeconfig;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -85,11 +110,22 @@ impl ProjectDir {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(tpr_bin());
+        let mut cmd = match self.user {
+            None => Command::new(tpr_bin()),
+            Some(uid) => {
+                let mut setpriv = Command::new("setpriv");
+                setpriv
+                    .arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .args(["--clear-groups", "--"])
+                    .arg(tpr_bin());
+                setpriv
+            }
+        };
         let home = self.path().join(".home");
         cmd.args(args)
             .current_dir(self.path())
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", &home)
             .env("XDG_CONFIG_HOME", home.join("config"))
             .env("XDG_STATE_HOME", home.join("state"))

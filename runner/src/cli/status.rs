@@ -170,8 +170,12 @@ fn print_outbound(outbound: Option<&crate::outbound::OutboundState>) {
         ),
         Some(o) => {
             for s in &o.spaces {
+                let namespace = match s.mode {
+                    crate::outbound::Mode::Namespace => "namespace",
+                    crate::outbound::Mode::UserNamespace => "user namespace (without root)",
+                };
                 println!(
-                    "Network    : {} in an outbound namespace via intercept {} (pod {}): {} open connections, {} since start, {} DNS queries, {} failures",
+                    "Network    : {} in an outbound {namespace} via intercept {} (pod {}): {} open connections, {} since start, {} DNS queries, {} failures",
                     if s.processes.is_empty() {
                         "tpr exec".to_owned()
                     } else {

@@ -51,6 +51,8 @@ Each object has an \"event\" field:
   local_unreachable     intercept, target, error
   local_reachable       intercept, target
   agent_notice          intercept, message
+  outbound_ready        intercept, mode (namespace: as root; user_namespace: without root)
+  outbound_failed       intercept, destination, reason
   stopping              graceful
   warning               message
   error                 message, help, problems[{file, line, column, message, help}] (invalid file)

@@ -18,12 +18,17 @@
 //! - intercepted connections reach the processes on its localhost
 //!   ([`connect_local`]) and `to_pod` ports listen there too.
 //!
-//! Nothing on the host changes: no route, no resolver setting.
+//! As root tpr makes the namespaces itself ([`netns`]); otherwise inside an
+//! unprivileged user namespace held by a helper process ([`netns_user`]),
+//! where the kernel allows one. Nothing on the host changes: no route, no
+//! resolver setting.
 
 mod dns;
 mod dns_wire;
+mod join;
 mod net;
 mod netns;
+mod netns_user;
 mod relay;
 mod stack;
 #[cfg(test)]
@@ -42,15 +47,12 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tpr_schema::proto::{NetworkInfoRequest, NetworkInfoResponse, agent_client::AgentClient};
-use tracing::debug;
 
-pub use netns::NsPaths;
+pub use join::{NETNS_EXEC_ARG, join_and_exec, netns_exec_args, netns_exec_main_if_requested};
+pub use netns::{Mode, NsPaths};
+pub use netns_user::hold_main_if_requested as netns_hold_main_if_requested;
 
 use crate::up::{Events, UpEvent};
-
-/// The hidden first argument of `tpr` that joins namespaces and executes a
-/// command (how the shim starts a process inside them).
-pub const NETNS_EXEC_ARG: &str = "__tpr-netns-exec";
 
 /// The TUN device's address (the process's source address) and the
 /// address that stands for the host's own localhost (`host.tpr.internal`),
@@ -72,7 +74,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
     #[error(
-        "outbound needs a network namespace and a TUN device, and this machine refused them: {0}. Run tpr as root (or with CAP_SYS_ADMIN and CAP_NET_ADMIN) on Linux with /dev/net/tun, or set `[network] outbound = false` in telepresence.toml"
+        "outbound needs a network namespace and a TUN device, and this machine refused them: {0}. Fix: {UNAVAILABLE_FIX}"
     )]
     Unavailable(String),
     #[error(
@@ -80,6 +82,9 @@ pub enum OutboundError {
     )]
     NoIntercept,
 }
+
+/// How to get outbound where the kernel refused it.
+const UNAVAILABLE_FIX: &str = "run tpr as root, or allow unprivileged user namespaces (`sysctl kernel.unprivileged_userns_clone=1` on Debian/Ubuntu kernels, `sysctl kernel.apparmor_restrict_unprivileged_userns=0` on Ubuntu 24.04+, `sysctl user.max_user_namespaces` above 0); or set `[network] outbound = false` in telepresence.toml";
 
 /// The settings of `[network]` that the runner uses.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -307,6 +312,13 @@ fn host_nameservers() -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The warning when outbound is off by default because the machine refused it.
+fn outbound_off(reason: &str) -> String {
+    format!(
+        "outbound is off: {reason}; processes reach the network as before (for the cluster's network: {UNAVAILABLE_FIX} to silence this)"
+    )
+}
+
 /// Asks an agent for its pod's network view.
 async fn network_info(channel: Channel) -> Result<NetworkInfoResponse, tonic::Status> {
     Ok(AgentClient::new(channel)
@@ -362,6 +374,10 @@ impl Space {
             to_pod: Mutex::new(BTreeMap::new()),
         });
         lock(&SPACES).push(Arc::downgrade(&space));
+        events.emit(UpEvent::OutboundReady {
+            intercept: intercept.to_owned(),
+            mode: space.netns.mode(),
+        });
         Ok(space)
     }
 
@@ -424,6 +440,9 @@ impl Space {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpaceState {
     pub intercept: String,
+    /// How the namespace was made (state files before it: as root).
+    #[serde(default)]
+    pub mode: Mode,
     pub paths: NsPaths,
     pub pod: Option<String>,
     pub processes: Vec<String>,
@@ -496,15 +515,13 @@ impl Outbound {
             _ => {}
         }
         let disabled = match netns::probe() {
-            Ok(()) => None,
+            Ok(_) => None,
             Err(e) if settings.outbound == Some(true) => {
                 return Err(OutboundError::Unavailable(e.to_string()));
             }
             Err(e) => {
                 events.emit(UpEvent::Warning {
-                    message: format!(
-                        "outbound is off: {e}; processes reach the network as before (run tpr as root on Linux with /dev/net/tun for the cluster's network, or set `[network] outbound = false` to silence this)"
-                    ),
+                    message: outbound_off(&e.to_string()),
                 });
                 Some(e.to_string())
             }
@@ -551,9 +568,7 @@ impl Outbound {
             Err(e) => {
                 let reason = e.to_string();
                 self.events.emit(UpEvent::Warning {
-                    message: format!(
-                        "outbound is off: {reason}; processes reach the network as before (run tpr as root on Linux for the cluster's network, or set `[network] outbound = false` to silence this)"
-                    ),
+                    message: outbound_off(&reason),
                 });
                 *lock(&self.disabled) = Some(reason);
                 Ok(None)
@@ -633,6 +648,7 @@ impl Outbound {
                 let stats = &space.shared.stats;
                 SpaceState {
                     intercept: name.clone(),
+                    mode: space.netns.mode(),
                     paths: space.netns.paths().clone(),
                     pod: self.channels.get(name).map(|(pod, _)| pod),
                     processes: processes.get(name).cloned().unwrap_or_default(),
@@ -664,61 +680,6 @@ impl Outbound {
 pub fn read_state(path: &Path) -> Option<OutboundState> {
     let state: OutboundState = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     crate::up::state::pid_alive(state.pid).then_some(state)
-}
-
-/// `tpr __tpr-netns-exec NET MNT PROGRAM [ARGS...]`: joins the namespaces
-/// and executes the program. Runs before anything else in `main` (joining a
-/// mount namespace needs a single-threaded process); never returns when
-/// requested.
-pub fn netns_exec_main_if_requested() {
-    let mut args = std::env::args_os();
-    args.next();
-    if args.next().as_deref() != Some(std::ffi::OsStr::new(NETNS_EXEC_ARG)) {
-        return;
-    }
-    let rest: Vec<std::ffi::OsString> = args.collect();
-    let code = match rest.as_slice() {
-        [net, mnt, command @ ..] if !command.is_empty() => {
-            let paths = NsPaths {
-                net: PathBuf::from(net),
-                mnt: PathBuf::from(mnt),
-            };
-            let e = join_and_exec(&paths, command);
-            eprintln!("tpr: cannot start {}: {e}", command[0].to_string_lossy());
-            127
-        }
-        _ => {
-            eprintln!("tpr: {NETNS_EXEC_ARG} is internal to tpr");
-            64
-        }
-    };
-    std::process::exit(code);
-}
-
-/// Joins the namespaces of `paths` and executes `command`; returns only on
-/// failure. The working directory is kept (joining a mount namespace moves
-/// to its root).
-pub fn join_and_exec(paths: &NsPaths, command: &[std::ffi::OsString]) -> io::Error {
-    use nix::sched::{CloneFlags, setns};
-    use std::os::unix::process::CommandExt;
-    let cwd = std::env::current_dir().ok();
-    let join = || -> io::Result<()> {
-        let net = std::fs::File::open(&paths.net)?;
-        let mnt = std::fs::File::open(&paths.mnt)?;
-        setns(&net, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        setns(&mnt, CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
-        if let Some(dir) = &cwd {
-            std::env::set_current_dir(dir)?;
-        }
-        Ok(())
-    };
-    if let Err(e) = join() {
-        return io::Error::new(e.kind(), format!("cannot join the outbound namespace: {e}"));
-    }
-    debug!("joined the outbound namespace");
-    std::process::Command::new(&command[0])
-        .args(&command[1..])
-        .exec()
 }
 
 /// Parses `10.0.0.0/8`.
@@ -844,6 +805,17 @@ mod tests {
         udp.send(&query).await.unwrap();
         let n = step("dns servfail", udp.recv(&mut buf)).await.unwrap();
         assert_eq!(dns_wire::rcode(&buf[..n]), dns_wire::RCODE_SERVFAIL);
+    }
+
+    /// A state file of a tpr before user namespaces: made as root.
+    #[test]
+    fn an_older_state_file_reads_as_made_as_root() {
+        let state: SpaceState = serde_json::from_str(
+            r#"{"intercept":"hello","paths":{"net":"/proc/1/fd/5","mnt":"/proc/1/fd/6"},"pod":null,"processes":[],"open_connections":0,"connections":0,"dns_queries":0,"failures":0}"#,
+        )
+        .unwrap();
+        assert_eq!(state.mode, Mode::Namespace);
+        assert_eq!(state.paths.user, None);
     }
 
     #[test]

@@ -54,12 +54,8 @@ impl Running {
         // which joins it and executes the command.
         let mut argv = spec.argv();
         if let Some(ns) = &spec.namespace {
-            let mut wrapped = vec![
-                shim_exe.to_string_lossy().into_owned(),
-                crate::outbound::NETNS_EXEC_ARG.to_owned(),
-                ns.net.to_string_lossy().into_owned(),
-                ns.mnt.to_string_lossy().into_owned(),
-            ];
+            let mut wrapped = vec![shim_exe.to_string_lossy().into_owned()];
+            wrapped.extend(crate::outbound::netns_exec_args(ns));
             wrapped.append(&mut argv);
             argv = wrapped;
         }

@@ -192,6 +192,13 @@ pub enum UpEvent {
     LocalReachable { intercept: String, target: String },
     /// The agent's note on an intercept (e.g. TLS passed through).
     AgentNotice { intercept: String, message: String },
+    /// The outbound namespace of an intercept is made: its processes (and
+    /// `tpr exec`) reach the cluster through it. `mode`: `namespace` (made
+    /// as root) or `user_namespace` (without root).
+    OutboundReady {
+        intercept: String,
+        mode: crate::outbound::Mode,
+    },
     /// A connection or DNS query of a process in an outbound namespace
     /// failed (`destination` is `ip:port`, `udp ip:port` or `dns <name>`).
     OutboundFailed {
@@ -481,6 +488,10 @@ impl UpEvent {
             UpEvent::AgentNotice { intercept, message } => {
                 Err(format!("intercept {intercept}: {message}"))
             }
+            UpEvent::OutboundReady { intercept, mode } => Err(format!(
+                "outbound namespace of intercept {intercept} ready ({})",
+                mode.describe()
+            )),
             UpEvent::OutboundFailed {
                 intercept,
                 destination,

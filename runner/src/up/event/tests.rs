@@ -101,6 +101,30 @@ fn cluster_events_are_one_flat_object_each() {
 }
 
 #[test]
+fn an_outbound_namespace_is_announced_with_how_it_was_made() {
+    let cases = [
+        (
+            crate::outbound::Mode::Namespace,
+            r#"{"event":"outbound_ready","intercept":"hello","mode":"namespace"}"#,
+            "outbound namespace of intercept hello ready (as root)",
+        ),
+        (
+            crate::outbound::Mode::UserNamespace,
+            r#"{"event":"outbound_ready","intercept":"hello","mode":"user_namespace"}"#,
+            "outbound namespace of intercept hello ready (in a user namespace, without root)",
+        ),
+    ];
+    for (mode, line, person) in cases {
+        let event = UpEvent::OutboundReady {
+            intercept: "hello".into(),
+            mode,
+        };
+        assert_eq!(event.json(), line);
+        assert_eq!(human(&event), ("err", person.to_owned()));
+    }
+}
+
+#[test]
 fn the_env_file_event_counts_variables_and_names_only_the_skipped_ones() {
     let e = UpEvent::EnvWritten {
         intercept: "hello".into(),
