@@ -36,6 +36,7 @@ if [[ -z $tpr ]]; then
 	(cd "$repo" && cargo build -q -p tpr --release)
 	tpr=$repo/target/release/tpr
 fi
+tpr=$(realpath "$tpr")
 command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null
 tel=$(command -v telepresence || true)
 [[ -z $tel && -x /var/cache/tpr-peers/telepresence/bin/telepresence ]] &&
@@ -71,7 +72,11 @@ median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
 until_answer() {
 	local deadline=$(($(date +%s) + 60))
 	until "$hello" get "$url" 2>/dev/null | grep -q "$1"; do
-		(($(date +%s) < deadline)) || { say "no answer with '$1' in 60 s"; exit 1; }
+		(($(date +%s) < deadline)) || {
+			say "no answer with '$1' in 60 s; the last answer: $("$hello" get "$url" 2>&1 | head -c 300)"
+			for f in "$work"/up.out "$work"/up.err; do [[ -s $f ]] && { say "$f:"; tail -n 20 "$f" >&2; }; done
+			exit 1
+		}
 	done
 }
 background() { "$@" & pids+=($!); }

@@ -125,7 +125,12 @@ pub async fn install(
         Ok(()) => Ok(outcome(true)),
         Err(e) => {
             progress.message(&format!("rolling back {}", before.display()));
-            let rollback = restore(cluster, &before, opts).await;
+            // The rollback's pods are not the agent's: nobody is told.
+            let opts = RolloutOptions {
+                new_pods_ready: Default::default(),
+                ..opts.clone()
+            };
+            let rollback = restore(cluster, &before, &opts).await;
             Err(e.into_error(before.display(), rollback))
         }
     }

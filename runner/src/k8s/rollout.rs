@@ -30,6 +30,10 @@ pub struct RolloutOptions {
     pub poll: Duration,
     /// Stops the wait (Ctrl-C): the template is then rolled back.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Cancelled once the new pods are all ready and only old pods are
+    /// still stopping: from then on they serve, and a caller may connect
+    /// to them while the rollout waits for the old ones to go.
+    pub new_pods_ready: tokio_util::sync::CancellationToken,
 }
 
 impl Default for RolloutOptions {
@@ -38,6 +42,7 @@ impl Default for RolloutOptions {
             timeout: Duration::from_secs(180),
             poll: Duration::from_millis(500),
             cancel: Default::default(),
+            new_pods_ready: Default::default(),
         }
     }
 }
@@ -207,6 +212,7 @@ pub(crate) async fn roll_out(
             }
         }
         if finished {
+            opts.new_pods_ready.cancel();
             // An old pod that is still stopping may still be in the
             // Service's rules for a moment: a connection sent there after
             // its network is gone hangs. Wait for it a while (bounded: an

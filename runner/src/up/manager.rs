@@ -106,6 +106,9 @@ pub struct Manager {
     hold_until_ready: bool,
     /// Those reports, by process.
     held: Vec<(String, UpEvent)>,
+    /// While a rollout's old pods stop: the ACTIVE reports of intercepts
+    /// already registered on its new pods, said once the old pods are gone.
+    defer_active: Option<Vec<UpEvent>>,
 }
 
 impl Manager {
@@ -138,6 +141,7 @@ impl Manager {
             volumes: Default::default(),
             hold_until_ready: false,
             held: Vec::new(),
+            defer_active: None,
         }
     }
 
@@ -293,57 +297,55 @@ impl Manager {
                 cancel: self.guard.token(),
                 ..RolloutOptions::default()
             };
-            let outcome = k8s::install(
-                &self.cluster,
-                &workload,
-                &requests,
-                &agent,
-                &rollout,
-                &progress,
-            )
-            .await;
+            let new_pods_ready = rollout.new_pods_ready.clone();
+            let cluster = self.cluster.clone();
+            let install = k8s::install(&cluster, &workload, &requests, &agent, &rollout, &progress);
+            tokio::pin!(install);
+            // Once the new pods serve, the intercepts are registered on them
+            // while the rollout waits for the old pods to go: traffic the
+            // Service sends to the new pods reaches the workstation at once.
+            // ACTIVE is still said once the old pods are gone.
+            let early = tokio::select! {
+                biased;
+                outcome = &mut install => Some(outcome),
+                () = new_pods_ready.cancelled() => None,
+            };
+            let (outcome, pending) = match early {
+                Some(outcome) => (outcome, Some(items)),
+                None => {
+                    self.defer_active = Some(Vec::new());
+                    let connected = self.connect(project, &id, &workload, items, true).await;
+                    let outcome = install.await;
+                    if let Err(e) = connected {
+                        self.defer_active = None;
+                        self.guard.leftover(None);
+                        progress.finish();
+                        outcome?;
+                        return Err(e);
+                    }
+                    (outcome, None)
+                }
+            };
             self.guard.leftover(None);
             progress.finish();
+            let deferred = self.defer_active.take();
             let outcome = outcome?;
             if outcome.changed {
                 self.events.emit(UpEvent::Installed {
                     workload: WorkloadRef::of(&workload),
                     seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
                 });
-                // The pods were replaced: the old session is gone.
-                if let Some(old) = self.links.remove(&id) {
-                    old.close().await;
-                }
             }
-            if !self.links.contains_key(&id) {
-                let link = self
-                    .guard
-                    .run(Link::open(
-                        &self.cluster,
-                        workload.clone(),
-                        self.hello.clone(),
-                    ))
-                    .await?;
-                self.links.insert(id.clone(), link);
-                // Intercepts already on this workload move to the new session.
-                let existing: Vec<String> = self
-                    .active
-                    .iter()
-                    .filter(|(_, a)| a.link == id)
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for name in existing {
-                    let a = self.active.remove(&name).expect("listed");
-                    let again = Planned {
-                        intercept: a.intercept,
-                        resolved: a.resolved,
-                        preview: a.preview,
-                    };
-                    self.register(project, &id, again, false).await?;
+            match pending {
+                Some(items) => {
+                    self.connect(project, &id, &workload, items, outcome.changed)
+                        .await?
                 }
-            }
-            for planned in items {
-                self.register(project, &id, planned, true).await?;
+                None => {
+                    for event in deferred.unwrap_or_default() {
+                        self.events.emit(event);
+                    }
+                }
             }
         }
         self.sync_to_pod().await?;
@@ -366,6 +368,53 @@ impl Manager {
         self.write_env_files()?;
         self.write_state();
         Ok(changed)
+    }
+
+    /// Connects to the workload's agent pods (again, when `replaced`: the
+    /// old session's pods are gone or going) and registers `items` on
+    /// them, with the intercepts already on the workload.
+    async fn connect(
+        &mut self,
+        project: &Project,
+        id: &WorkloadId,
+        workload: &k8s::Workload,
+        items: Vec<Planned>,
+        replaced: bool,
+    ) -> Result<(), UpError> {
+        if replaced && let Some(old) = self.links.remove(id) {
+            old.close().await;
+        }
+        if !self.links.contains_key(id) {
+            let link = self
+                .guard
+                .run(Link::open(
+                    &self.cluster,
+                    workload.clone(),
+                    self.hello.clone(),
+                ))
+                .await?;
+            self.links.insert(id.clone(), link);
+            // Intercepts already on this workload move to the new session.
+            let existing: Vec<String> = self
+                .active
+                .iter()
+                .filter(|(_, a)| a.link == *id)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in existing {
+                let a = self.active.remove(&name).expect("listed");
+                let again = Planned {
+                    intercept: a.intercept,
+                    resolved: a.resolved,
+                    preview: a.preview,
+                };
+                self.register(project, id, again, false).await?;
+            }
+        }
+        for planned in items {
+            self.register(project, id, planned, true).await?;
+        }
+        Ok(())
     }
 
     async fn register(
@@ -412,9 +461,10 @@ impl Manager {
             let holder = Some(project)
                 .filter(|_| self.hold_until_ready)
                 .and_then(|p| plan::ready_process(p, &intercept.name));
-            match holder {
-                Some(process) => self.held.push((process, event)),
-                None => self.events.emit(event),
+            match (holder, &mut self.defer_active) {
+                (Some(process), _) => self.held.push((process, event)),
+                (None, Some(deferred)) => deferred.push(event),
+                (None, None) => self.events.emit(event),
             }
         }
         self.active.insert(
