@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tpr_schema::proto::{ResolveRequest, agent_client::AgentClient};
 
 use super::dns_wire as wire;
-use super::{HOST_ADDR, HOST_ALIAS, Shared, lock};
+use super::{HOST_ADDR, HOST_ADDR6, HOST_ALIAS, Shared, lock};
 
 /// The longest a query waits for the host's nameservers (each).
 const HOST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,7 +96,12 @@ pub async fn answer(query: &[u8], shared: &Shared, over: Transport) -> Option<Ve
     };
     let question = &asked.key.question;
     if question.name == HOST_ALIAS {
-        return Some(wire::address_answer(query, question.qtype, HOST_ADDR));
+        return Some(wire::address_answer(
+            query,
+            question.qtype,
+            HOST_ADDR,
+            HOST_ADDR6,
+        ));
     }
     let cluster = is_cluster_name(&question.name, shared);
     let now = Instant::now();

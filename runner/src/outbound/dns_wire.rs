@@ -9,11 +9,12 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
 pub const TYPE_A: RecordType = RecordType::A;
+pub const TYPE_AAAA: RecordType = RecordType::AAAA;
 pub const RCODE_SERVFAIL: ResponseCode = ResponseCode::ServFail;
 pub const RCODE_NXDOMAIN: ResponseCode = ResponseCode::NXDomain;
 pub const RCODE_FORMERR: ResponseCode = ResponseCode::FormErr;
@@ -299,13 +300,20 @@ pub fn respond(query: &[u8], rcode: ResponseCode, answers: &[RData], ttl: u32) -
     encode(metadata, question.as_ref(), &records)
 }
 
-/// An answer for `query` with one address (A or AAAA as it asked; an
-/// empty answer for the other family and other types).
-pub fn address_answer(query: &[u8], qtype: RecordType, ip: std::net::Ipv4Addr) -> Vec<u8> {
-    match qtype {
-        TYPE_A => respond(query, ResponseCode::NoError, &[RData::A(A(ip))], 60),
-        _ => respond(query, ResponseCode::NoError, &[], 60),
-    }
+/// An answer for `query` with one address: `v4` for A, `v6` for AAAA (an
+/// empty answer for other types).
+pub fn address_answer(
+    query: &[u8],
+    qtype: RecordType,
+    v4: std::net::Ipv4Addr,
+    v6: std::net::Ipv6Addr,
+) -> Vec<u8> {
+    let data = match qtype {
+        TYPE_A => vec![RData::A(A(v4))],
+        TYPE_AAAA => vec![RData::AAAA(AAAA(v6))],
+        _ => Vec::new(),
+    };
+    respond(query, ResponseCode::NoError, &data, 60)
 }
 
 /// The largest UDP answer the asker takes: its EDNS size (at least 512,
@@ -375,7 +383,7 @@ pub fn with_edns(mut query: Vec<u8>, size: u16, dnssec_ok: bool) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
 
@@ -393,7 +401,12 @@ mod tests {
     #[test]
     fn an_answer_of_our_own_reads_back() {
         let q = query(9, "host.tpr.internal", TYPE_A);
-        let a = address_answer(&q, TYPE_A, Ipv4Addr::new(198, 18, 0, 2));
+        let a = address_answer(
+            &q,
+            TYPE_A,
+            Ipv4Addr::new(198, 18, 0, 2),
+            Ipv6Addr::LOCALHOST,
+        );
         assert_eq!(a[..2], q[..2]);
         assert_eq!(a[2] & 0x80, 0x80);
         let (ips, ttl) = answers(&a);
@@ -407,24 +420,41 @@ mod tests {
     #[test]
     fn an_answer_of_our_own_is_the_query_with_a_record_pointing_at_its_name() {
         let q = query(9, "Host.tpr.internal", TYPE_A);
-        let a = address_answer(&q, TYPE_A, Ipv4Addr::new(198, 18, 0, 2));
+        let a = address_answer(
+            &q,
+            TYPE_A,
+            Ipv4Addr::new(198, 18, 0, 2),
+            Ipv6Addr::LOCALHOST,
+        );
         // QR, RD, RA; one question (as asked, case kept), one answer.
         let head = [0, 9, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
         let record = [0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 0, 2];
         assert_eq!(a, [&head[..], &q[12..], &record[..]].concat());
+        // AAAA: the IPv6 address.
+        let q = query(10, "host.tpr.internal", TYPE_AAAA);
+        let v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+        let a = address_answer(&q, TYPE_AAAA, Ipv4Addr::LOCALHOST, v6);
+        let record = [
+            &[0xC0, 0x0C, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16][..],
+            &v6.octets(),
+        ]
+        .concat();
+        let head = [0, 10, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        assert_eq!(a, [&head[..], &q[12..], &record[..]].concat());
+        assert_eq!(answers(&a).0, vec![IpAddr::V6(v6)]);
         // Another type: the same header and question, no answer.
-        let q = query(10, "host.tpr.internal", RecordType::AAAA);
-        let a = address_answer(&q, RecordType::AAAA, Ipv4Addr::LOCALHOST);
+        let q = query(11, "host.tpr.internal", RecordType::MX);
+        let a = address_answer(&q, RecordType::MX, Ipv4Addr::LOCALHOST, v6);
         assert_eq!(
             a,
-            [&[0, 10, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0][..], &q[12..]].concat()
+            [&[0, 11, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0][..], &q[12..]].concat()
         );
     }
 
     #[test]
     fn truncation_keeps_the_question_and_sets_tc() {
         let q = query(1, "a.b", TYPE_A);
-        let a = address_answer(&q, TYPE_A, Ipv4Addr::LOCALHOST);
+        let a = address_answer(&q, TYPE_A, Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST);
         let t = truncated(&a);
         assert_eq!(t.len(), q.len());
         assert_eq!(t[2] & 0x02, 0x02);
@@ -468,7 +498,7 @@ mod tests {
     #[test]
     fn a_malformed_message_is_rejected_not_a_panic() {
         let q = query(4, "a.ns.svc.cluster.local", TYPE_A);
-        let good = address_answer(&q, TYPE_A, Ipv4Addr::new(10, 96, 0, 1));
+        let good = address_answer(&q, TYPE_A, Ipv4Addr::new(10, 96, 0, 1), Ipv6Addr::LOCALHOST);
         // A name pointing at itself (a loop), a forward pointer, a
         // reserved label type, a record longer than the message.
         let mut looped = q.clone();

@@ -38,7 +38,7 @@ mod udp;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -59,6 +59,20 @@ use crate::up::{Events, UpEvent};
 /// from the benchmarking range (RFC 2544), which no real network uses.
 pub const TUN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Their IPv6 counterparts. The TUN device's is a unique local address
+/// (RFC 4193, a random global ID: no other network uses it in practice),
+/// not one of the benchmarking range 2001:2::/48: address selection (RFC
+/// 6724) takes that for a global address, and every process would try
+/// IPv6 first for each name with A and AAAA records, even on a host
+/// without IPv6, whose processes do not even ask for AAAA (AI_ADDRCONFIG):
+/// a failed attempt each time, fatal to a client that tries only the first
+/// address. From a unique local source IPv4 stays first for global
+/// destinations. `host.tpr.internal`'s is from 2001:2::/48 by the same
+/// rule: a label unlike the source's keeps its IPv4 address first
+/// (services on the host's localhost often listen on 127.0.0.1 alone).
+pub const TUN_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfde9, 0x21a6, 0xf90b, 0, 0, 0, 0, 1);
+pub const HOST_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+const TUN_PREFIX6: u8 = 64;
 pub const HOST_ALIAS: &str = "host.tpr.internal";
 /// tpr's resolver inside the namespace.
 pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
@@ -270,14 +284,35 @@ pub async fn connect_local(addr: SocketAddr) -> io::Result<tokio::net::TcpStream
         all.retain(|s| s.strong_count() > 0);
         all.iter().filter_map(Weak::upgrade).collect()
     };
-    for space in spaces {
-        match space.netns.connect(addr).await {
-            Ok(tcp) => return Ok(tcp),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-            Err(e) => return Err(e),
+    // A process that listens on `localhost` may have it on ::1 only (many
+    // runtimes put IPv6 first): 127.0.0.1 refused, ::1 is tried too.
+    let mut targets = vec![addr];
+    if addr.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) {
+        targets.push(SocketAddr::from((
+            std::net::Ipv6Addr::LOCALHOST,
+            addr.port(),
+        )));
+    }
+    let mut refused = None;
+    for space in &spaces {
+        for target in &targets {
+            match space.netns.connect(*target).await {
+                Ok(tcp) => return Ok(tcp),
+                // What the fallback says (no IPv6 there) matters less.
+                Err(_) if target != &addr => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => refused = Some(e),
+                Err(e) => return Err(e),
+            }
         }
     }
-    tokio::net::TcpStream::connect(addr).await
+    for target in &targets {
+        match tokio::net::TcpStream::connect(target).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) if target == &addr => refused = Some(e),
+            Err(_) => {}
+        }
+    }
+    Err(refused.unwrap_or_else(|| io::ErrorKind::ConnectionRefused.into()))
 }
 
 fn resolv_conf(view: Option<&NetworkInfoResponse>) -> String {
@@ -341,6 +376,8 @@ impl Space {
             tun_name: "tpr0".into(),
             tun_addr: TUN_ADDR,
             tun_prefix: 30,
+            tun_addr6: TUN_ADDR6,
+            tun_prefix6: TUN_PREFIX6,
             mtu: MTU,
         })?;
         let shared = Arc::new(Shared {
@@ -400,7 +437,9 @@ impl Space {
     }
 
     /// Listens on the namespace's localhost for each `to_pod` port (dialled
-    /// through the agent of the intercept that lists it).
+    /// through the agent of the intercept that lists it): 127.0.0.1, and
+    /// ::1 where the namespace has IPv6 (a name `localhost` is ::1 first
+    /// for many processes then).
     fn sync_to_pod(&self, ports: &BTreeMap<u16, String>) {
         let mut current = lock(&self.to_pod);
         current.retain(|port, task| {
@@ -417,12 +456,23 @@ impl Space {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, *port));
             match self.netns.listen_tcp(addr) {
                 Ok(listener) => {
-                    let task = tokio::spawn(stack::serve_to_pod(
-                        listener,
-                        *port,
-                        intercept.clone(),
-                        self.shared.clone(),
-                    ));
+                    let serve = |listener| {
+                        stack::serve_to_pod(listener, *port, intercept.clone(), self.shared.clone())
+                    };
+                    let v4 = serve(listener);
+                    let v6 = self
+                        .netns
+                        .listen_tcp(SocketAddr::from((Ipv6Addr::LOCALHOST, *port)))
+                        .ok()
+                        .map(serve);
+                    let task = tokio::spawn(async move {
+                        match v6 {
+                            Some(v6) => {
+                                tokio::join!(v4, v6);
+                            }
+                            None => v4.await,
+                        }
+                    });
                     current.insert(*port, task);
                 }
                 Err(e) => self.shared.events.emit(UpEvent::Warning {
@@ -694,6 +744,29 @@ pub fn parse_subnet(text: &str) -> Option<(IpAddr, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An intercepted connection reaches a process that listens on
+    /// `localhost` as ::1 only.
+    #[tokio::test]
+    async fn a_local_target_on_ipv6_loopback_only_is_reached() {
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            eprintln!("skipped: this host has no ::1");
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        let tcp = connect_local(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .await
+            .expect("reached on ::1");
+        assert_eq!(
+            tcp.peer_addr().unwrap().ip(),
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        );
+        drop(listener);
+        let e = connect_local(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
 
     #[test]
     fn cluster_ranges_come_from_the_pods_view() {

@@ -90,6 +90,8 @@ pub struct Setup {
     pub tun_name: String,
     pub tun_addr: std::net::Ipv4Addr,
     pub tun_prefix: u8,
+    pub tun_addr6: std::net::Ipv6Addr,
+    pub tun_prefix6: u8,
     pub mtu: u16,
 }
 
@@ -275,8 +277,9 @@ fn enter(setup: &Setup) -> Result<(File, File, OwnedFd, File), RootFailure> {
 }
 
 /// In new network and mount namespaces (either way): mounts private,
-/// resolv.conf, loopback up, the TUN device as the default route. Returns
-/// the TUN device and the mounted resolv.conf.
+/// resolv.conf, loopback up, the TUN device as the default route (IPv4,
+/// and IPv6 where the kernel has it). Returns the TUN device and the
+/// mounted resolv.conf.
 pub fn set_up(setup: &Setup) -> io::Result<(OwnedFd, File)> {
     // Nothing mounted here may propagate to the host.
     mount(
@@ -292,6 +295,11 @@ pub fn set_up(setup: &Setup) -> io::Result<(OwnedFd, File)> {
     let device = tun::create(&setup.tun_name)?;
     tun::configure(&setup.tun_name, setup.tun_addr, setup.tun_prefix, setup.mtu)?;
     tun::default_route(&setup.tun_name)?;
+    // Without IPv6 (a kernel without it, a sysctl refused) IPv4 alone:
+    // outbound does not depend on it.
+    if let Err(e) = tun::configure_v6(&setup.tun_name, setup.tun_addr6, setup.tun_prefix6) {
+        tracing::debug!("outbound namespace without IPv6: {e}");
+    }
     Ok((device, resolv))
 }
 

@@ -208,6 +208,8 @@ pub fn probe() -> io::Result<()> {
         tun_name: "tpr-probe".into(),
         tun_addr: super::TUN_ADDR,
         tun_prefix: 30,
+        tun_addr6: super::TUN_ADDR6,
+        tun_prefix6: super::TUN_PREFIX6,
         mtu: 1500,
     })
     .map(drop)
@@ -387,17 +389,19 @@ fn recv(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedF
 
 fn encode_setup(s: &Setup) -> String {
     format!(
-        "{}\n{}\n{}\n{}\n{}",
-        s.tun_name, s.tun_addr, s.tun_prefix, s.mtu, s.resolv_conf
+        "{}\n{}\n{}\n{}\n{}\n{}\n{}",
+        s.tun_name, s.tun_addr, s.tun_prefix, s.tun_addr6, s.tun_prefix6, s.mtu, s.resolv_conf
     )
 }
 
 fn decode_setup(data: &[u8]) -> Option<Setup> {
-    let mut lines = std::str::from_utf8(data).ok()?.splitn(5, '\n');
+    let mut lines = std::str::from_utf8(data).ok()?.splitn(7, '\n');
     Some(Setup {
         tun_name: lines.next()?.to_owned(),
         tun_addr: lines.next()?.parse().ok()?,
         tun_prefix: lines.next()?.parse().ok()?,
+        tun_addr6: lines.next()?.parse().ok()?,
+        tun_prefix6: lines.next()?.parse().ok()?,
         mtu: lines.next()?.parse().ok()?,
         resolv_conf: lines.next()?.to_owned(),
     })
@@ -444,6 +448,8 @@ mod tests {
             tun_name: "tpr0".into(),
             tun_addr: super::super::TUN_ADDR,
             tun_prefix: 30,
+            tun_addr6: super::super::TUN_ADDR6,
+            tun_prefix6: super::super::TUN_PREFIX6,
             mtu: 65535,
         };
         assert_eq!(decode_setup(encode_setup(&setup).as_bytes()), Some(setup));

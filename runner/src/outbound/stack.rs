@@ -1,11 +1,12 @@
 //! Where each connection of the namespace's stack ([`super::net`]) goes
 //! (UDP: [`super::udp`]): a cluster address is dialled by the agent
 //! (`DialOut`, the pod is the source), `host.tpr.internal` on the host's
-//! localhost, anything else from the host. The process's SYN is answered
-//! only once the destination answered, so a refusal there is a refusal here
+//! localhost (127.0.0.1, or ::1 for its IPv6 address), anything else from
+//! the host; IPv6 as IPv4. The process's SYN is answered only once the
+//! destination answered, so a refusal there is a refusal here
 //! (ECONNREFUSED from `connect()`), reported as `outbound_failed`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tracing::debug;
 use super::net::{self, Incoming, PendingTcp};
 use super::relay::{self, Remote};
 use super::tun::Device;
-use super::{HOST_ADDR, Shared};
+use super::{HOST_ADDR, HOST_ADDR6, Shared};
 
 /// How long a dial from the host may take before the process's connection
 /// is refused (a dial through the agent has the agent's own limit).
@@ -46,6 +47,8 @@ pub(super) enum Via {
 pub(super) fn via(dest: SocketAddr, shared: &Shared) -> Via {
     if dest.ip() == HOST_ADDR {
         Via::HostLoopback(SocketAddr::from((Ipv4Addr::LOCALHOST, dest.port())))
+    } else if dest.ip() == HOST_ADDR6 {
+        Via::HostLoopback(SocketAddr::from((Ipv6Addr::LOCALHOST, dest.port())))
     } else if shared.routes.is_cluster(dest.ip()) {
         Via::Agent
     } else {
@@ -84,8 +87,9 @@ async fn tcp_connection(pending: PendingTcp, shared: Arc<Shared>) {
             debug!(%dest, "outbound connection ended");
         }
         Err(reason) => {
-            pending.refuse();
+            // Reported first: whoever sees the refusal sees the count.
             shared.failed(dest.to_string(), reason);
+            pending.refuse();
         }
     }
 }

@@ -1,11 +1,11 @@
 //! The stack against the real kernel: a namespace with its TUN device, the
 //! process's side a socket made in it, the far side a server on this host's
 //! localhost reached as `host.tpr.internal` (the same stack and relay as a
-//! cluster address, without a cluster). Needs root (namespaces,
-//! /dev/net/tun); each test says so and passes otherwise.
+//! cluster address, without a cluster), over IPv4 and IPv6. Needs root
+//! (namespaces, /dev/net/tun); each test says so and passes otherwise.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -273,4 +273,196 @@ async fn udp_datagrams_go_out_and_answers_come_back() {
         assert_eq!(&buf[..n], format!("echo {word}").as_bytes());
     }
     assert_eq!(space.shared.stats.failures.load(Ordering::Relaxed), 0);
+}
+
+/// A listener on this host's ::1, for the IPv6 tests; `None` (the test
+/// says why and passes) where the host has no ::1.
+async fn host_v6_listener() -> Option<TcpListener> {
+    match TcpListener::bind("[::1]:0").await {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            eprintln!("skipped: this host has no ::1 ({e})");
+            None
+        }
+    }
+}
+
+/// Reads `n` pattern bytes, checking each.
+async fn read_pattern_exact(rx: &mut (impl AsyncReadExt + Unpin), n: usize) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut want = vec![0u8; 64 << 10];
+    let mut got = 0;
+    while got < n {
+        let m = buf.len().min(n - got);
+        let k = rx.read(&mut buf[..m]).await.expect("read");
+        assert!(k > 0, "the end of the stream after {got} of {n} bytes");
+        pattern(got, &mut want[..k]);
+        assert!(buf[..k] == want[..k], "bytes {got}..{} differ", got + k);
+        got += k;
+    }
+}
+
+/// IPv6: `host.tpr.internal`'s IPv6 address reaches the host's ::1, from
+/// the TUN device's IPv6 address; bytes cross both ways intact, and after
+/// the process's FIN (a half-close) the server still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_reaches_the_hosts_loopback_and_half_closes() {
+    let Some(space) = space() else { return };
+    let Some(listener) = host_v6_listener().await else {
+        return;
+    };
+    let port = listener.local_addr().unwrap().port();
+    // Echoes up to the process's FIN, then sends the count and closes.
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut rx, mut tx) = tcp.into_split();
+        let n = tokio::io::copy(&mut rx, &mut tx).await.unwrap();
+        tx.write_u64(n).await.unwrap();
+    });
+    const N: usize = 4 << 20;
+    let dest = SocketAddr::from((HOST_ADDR6, port));
+    let tcp = step("connect", 10, space.netns.connect(dest))
+        .await
+        .unwrap();
+    assert_eq!(tcp.local_addr().unwrap().ip(), TUN_ADDR6);
+    let (mut rx, mut tx) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut sent = 0;
+        while sent < N {
+            let m = buf.len().min(N - sent);
+            pattern(sent, &mut buf[..m]);
+            tx.write_all(&buf[..m]).await.unwrap();
+            sent += m;
+        }
+        tx.shutdown().await.unwrap();
+    });
+    let echoed = async {
+        read_pattern_exact(&mut rx, N).await;
+        let count = rx.read_u64().await.unwrap();
+        let end = rx.read(&mut [0u8; 16]).await.unwrap();
+        (count, end)
+    };
+    let (count, end) = step("echo", 60, echoed).await;
+    assert_eq!(count, N as u64, "the server's count, after the FIN");
+    assert_eq!(end, 0, "then the server's FIN");
+    step("writer", 10, writer).await.unwrap();
+    assert_eq!(space.shared.stats.failures.load(Ordering::Relaxed), 0);
+}
+
+/// The namespace's ::1 is its own loopback: the host's listener on ::1 is
+/// not reached from inside, one in the namespace is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_namespaces_ipv6_loopback_is_its_own() {
+    let Some(space) = space() else { return };
+    let Some(host) = host_v6_listener().await else {
+        return;
+    };
+    let loopback = SocketAddr::from((Ipv6Addr::LOCALHOST, host.local_addr().unwrap().port()));
+    let refused = step("connect", 10, space.netns.connect(loopback)).await;
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    let inside = space
+        .netns
+        .listen_tcp(loopback)
+        .expect("::1 in the namespace");
+    let mut tcp = step("connect", 10, space.netns.connect(loopback))
+        .await
+        .unwrap();
+    let (mut peer, _) = step("accept", 10, inside.accept()).await.unwrap();
+    tcp.write_all(b"inside").await.unwrap();
+    let mut buf = [0u8; 6];
+    step("read", 10, peer.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"inside");
+    let host_got = tokio::time::timeout(Duration::from_millis(100), host.accept()).await;
+    assert!(host_got.is_err(), "the host's listener was reached");
+}
+
+/// UDP over IPv6: datagrams to `host.tpr.internal`'s IPv6 address reach
+/// a socket on the host's ::1, and its answers come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_over_ipv6_reaches_the_hosts_loopback() {
+    let Some(space) = space() else { return };
+    let echo = match tokio::net::UdpSocket::bind("[::1]:0").await {
+        Ok(echo) => echo,
+        Err(e) => {
+            eprintln!("skipped: this host has no ::1 ({e})");
+            return;
+        }
+    };
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let mut answer = b"echo ".to_vec();
+            answer.extend_from_slice(&buf[..n]);
+            let _ = echo.send_to(&answer, from).await;
+        }
+    });
+    let udp = space
+        .netns
+        .bind_udp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
+        .unwrap();
+    udp.connect(SocketAddr::from((HOST_ADDR6, port)))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for word in ["one", &"x".repeat(1400)] {
+        udp.send(word.as_bytes()).await.unwrap();
+        let n = step("echo", 10, udp.recv(&mut buf)).await.unwrap();
+        assert_eq!(&buf[..n], format!("echo {word}").as_bytes());
+    }
+    assert_eq!(space.shared.stats.failures.load(Ordering::Relaxed), 0);
+}
+
+/// tpr's resolver answers AAAA for `host.tpr.internal` with its IPv6
+/// address (and A with its IPv4 one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resolver_answers_aaaa_for_the_host_alias() {
+    let Some(space) = space() else { return };
+    let udp = space
+        .netns
+        .bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .unwrap();
+    udp.connect(SocketAddr::from((DNS_ADDR, 53))).await.unwrap();
+    let mut buf = [0u8; 512];
+    for (id, qtype, ip) in [
+        (1, dns_wire::TYPE_AAAA, IpAddr::V6(HOST_ADDR6)),
+        (2, dns_wire::TYPE_A, IpAddr::V4(HOST_ADDR)),
+    ] {
+        udp.send(&dns_wire::query(id, HOST_ALIAS, qtype))
+            .await
+            .unwrap();
+        let n = step("dns", 10, udp.recv(&mut buf)).await.unwrap();
+        assert_eq!(dns_wire::answers(&buf[..n]).0, vec![ip], "{qtype}");
+    }
+}
+
+/// IPv6 destinations go the ways IPv4 ones do, and a failure is the
+/// process's refusal, not a hang: one nobody routes (the documentation
+/// range, dialled from the host), and a cluster one with no agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_destination_that_fails_refuses_the_connect() {
+    let Some(space) = space() else { return };
+    if host_v6_listener().await.is_none() {
+        return;
+    }
+    *lock(&space.shared.routes.subnets) = vec![parse_subnet("fd00:10:96::/64").unwrap()];
+    let nowhere = SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9));
+    let cluster = SocketAddr::from((Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 1), 80));
+    for (n, dest) in [cluster, nowhere].into_iter().enumerate() {
+        let started = Instant::now();
+        // At most the host's dial timeout (10 s) where nothing answers.
+        let err = step("connect", 20, space.netns.connect(dest))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        eprintln!("{dest}: refused after {:?}", started.elapsed());
+        assert_eq!(
+            space.shared.stats.failures.load(Ordering::Relaxed),
+            n as u64 + 1
+        );
+    }
 }

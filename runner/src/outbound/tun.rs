@@ -3,13 +3,13 @@
 //! packet at a time by the userspace stack ([`super::net`]) through
 //! [`Device`].
 //!
-//! These calls run on the namespace's thread, so the device, its address and
-//! its route exist only in that namespace.
+//! These calls run on the namespace's thread, so the device, its addresses
+//! and its routes exist only in that namespace.
 
 use std::ffi::c_char;
 use std::io;
 use std::io::IoSlice;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
@@ -154,6 +154,108 @@ pub fn default_route(name: &str) -> io::Result<()> {
     };
     ioctl(&socket, libc::SIOCADDRT as libc::Ioctl, &mut route)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot route through {name}: {e}")))
+}
+
+/// `struct in6_rtmsg` of <linux/ipv6_route.h> (libc's has private fields).
+#[repr(C)]
+struct In6RtMsg {
+    rtmsg_dst: libc::in6_addr,
+    rtmsg_src: libc::in6_addr,
+    rtmsg_gateway: libc::in6_addr,
+    rtmsg_type: u32,
+    rtmsg_dst_len: u16,
+    rtmsg_src_len: u16,
+    rtmsg_metric: u32,
+    rtmsg_info: libc::c_ulong,
+    rtmsg_flags: u32,
+    rtmsg_ifindex: libc::c_int,
+}
+
+/// Turns a `/proc/sys/net/ipv6/conf/...` switch off where it is on.
+fn ipv6_sysctl_off(dev: &str, key: &str) -> io::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{dev}/{key}");
+    if std::fs::read_to_string(&path)?.trim() != "0" {
+        std::fs::write(&path, "0")?;
+    }
+    Ok(())
+}
+
+/// Waits, 2 s at most, until the namespace's `addr` is no longer
+/// "tentative": the kernel ends even a skipped duplicate address detection
+/// on a work queue, milliseconds later; until then a connection gets
+/// another source address (the link-local one), or none (EADDRNOTAVAIL).
+fn wait_usable(addr: Ipv6Addr) {
+    const IFA_F_TENTATIVE: u32 = 0x40;
+    let hex: String = addr.octets().iter().map(|b| format!("{b:02x}")).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        // Columns: address, index, prefix length, scope, flags, device.
+        let table = std::fs::read_to_string("/proc/thread-self/net/if_inet6").unwrap_or_default();
+        let flags = table.lines().find_map(|line| {
+            let mut columns = line.split_whitespace();
+            if columns.next()? != hex {
+                return None;
+            }
+            u32::from_str_radix(columns.nth(3)?, 16).ok()
+        });
+        if flags.is_some_and(|f| f & IFA_F_TENTATIVE == 0) || std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Gives `name` an IPv6 address and makes it the IPv6 default route too.
+/// An error where the kernel has no IPv6 (the caller goes on without).
+pub fn configure_v6(name: &str, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
+    // A new namespace takes the host's defaults: IPv6 may be off there (the
+    // namespace's ::1 with it). Duplicate address detection would hold the
+    // address "tentative" (EADDRNOTAVAIL) for a second or two: off too, at
+    // best (/proc/sys may be read-only), since the kernel skips it on a
+    // NOARP device such as a TUN one anyway.
+    for dev in ["all", name] {
+        ipv6_sysctl_off(dev, "disable_ipv6")?;
+        let _ = ipv6_sysctl_off(dev, "accept_dad");
+    }
+    // IPv6 addresses and routes are set on an IPv6 socket.
+    let socket = rustix::net::socket_with(
+        rustix::net::AddressFamily::INET6,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let mut req = ifreq(name)?;
+    ioctl(&socket, libc::SIOCGIFINDEX as libc::Ioctl, &mut req)?;
+    // SAFETY: SIOCGIFINDEX filled the index member.
+    #[allow(unsafe_code)]
+    let ifindex = unsafe { req.ifr_ifru.ifru_ifindex };
+    let mut address = libc::in6_ifreq {
+        ifr6_addr: libc::in6_addr {
+            s6_addr: addr.octets(),
+        },
+        ifr6_prefixlen: u32::from(prefix),
+        ifr6_ifindex: ifindex,
+    };
+    ioctl(&socket, libc::SIOCSIFADDR as libc::Ioctl, &mut address)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot give {name} {addr}: {e}")))?;
+    wait_usable(addr);
+    let any = libc::in6_addr { s6_addr: [0; 16] };
+    // ::/0 on the device, no gateway: every IPv6 destination but the
+    // namespace's own goes to tpr.
+    let mut route = In6RtMsg {
+        rtmsg_dst: any,
+        rtmsg_src: any,
+        rtmsg_gateway: any,
+        rtmsg_type: u32::from(libc::RTN_UNICAST),
+        rtmsg_dst_len: 0,
+        rtmsg_src_len: 0,
+        rtmsg_metric: 0,
+        rtmsg_info: 0,
+        rtmsg_flags: u32::from(libc::RTF_UP),
+        rtmsg_ifindex: ifindex,
+    };
+    ioctl(&socket, libc::SIOCADDRT as libc::Ioctl, &mut route)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot route IPv6 through {name}: {e}")))
 }
 
 /// The TUN device for the stack: each read is one packet, each write one.

@@ -327,6 +327,39 @@ mod tests {
         assert_eq!(s.payload, payload);
     }
 
+    /// The largest segment at the largest MTU: the whole packet is the
+    /// MTU, its IPv6 payload length (TCP header and data, 65495) fits the
+    /// 16-bit field: no jumbogram, nothing wraps.
+    #[test]
+    fn the_largest_ipv6_segment_fits_its_length_field() {
+        let mtu = usize::from(u16::MAX);
+        let max = max_payload(mtu, true, true);
+        let (from, to) = (addr("[fd00::1]:80"), addr("[fd00::2]:40000"));
+        let payload = vec![7u8; max];
+        let mut header = [0u8; MAX_HEADER];
+        let tcp = Tcp {
+            seq: 1,
+            ack: 2,
+            flags: ACK,
+            window: 9,
+            syn_options: None,
+        };
+        let n = tcp_header(&mut header, from, to, &tcp, &payload);
+        let mut packet = header[..n].to_vec();
+        packet.extend_from_slice(&payload);
+        assert_eq!(packet.len(), mtu);
+        assert_eq!(be16(&packet, 4), 65_495);
+        let acc = pseudo_sum(from.ip(), to.ip(), PROTO_TCP, packet.len() - 40);
+        assert_eq!(fold(sum(&packet[40..], acc)), 0, "TCP checksum");
+        let p = parse(&packet).unwrap();
+        let Transport::Tcp(s) = p.transport else {
+            panic!("not TCP")
+        };
+        assert_eq!(s.payload.len(), max);
+        // A datagram likewise: IPv6 and UDP headers and the payload, the MTU.
+        assert_eq!(40 + 8 + max_payload(mtu, true, false), mtu);
+    }
+
     #[test]
     fn a_datagram_parses_back() {
         let (from, to) = (addr("[fd00::1]:53"), addr("[fd00::2]:5353"));

@@ -46,8 +46,10 @@ const RTO_MIN: Duration = Duration::from_millis(200);
 const RTO_MAX: Duration = Duration::from_secs(5);
 /// Resends of the same data before the connection is given up (reset).
 const MAX_RETRIES: u32 = 10;
-/// The MSS a peer that sends none gets (RFC 9293).
+/// The MSS a peer that sends none gets (RFC 9293 3.7.1): 576 and 1280
+/// bytes packets, the least each IP version guarantees.
 const DEFAULT_MSS: usize = 536;
+const DEFAULT_MSS_V6: usize = 1220;
 
 fn lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
@@ -122,7 +124,9 @@ impl Tcb {
     /// A connection for a process's SYN, pending the decision.
     pub fn new(link: Arc<Link>, key: Key, id: u64, syn: &Segment) -> TcbRef {
         let iss = initial_sequence(&key);
-        let max = packet::max_payload(link.mtu, key.process.is_ipv6(), true);
+        let v6 = key.process.is_ipv6();
+        let max = packet::max_payload(link.mtu, v6, true);
+        let default_mss = if v6 { DEFAULT_MSS_V6 } else { DEFAULT_MSS };
         let rcv_nxt = syn.seq.wrapping_add(1);
         Arc::new(Mutex::new(Tcb {
             link,
@@ -144,7 +148,7 @@ impl Tcb {
             // The window of a SYN is never scaled.
             snd_wnd: u32::from(syn.window),
             snd_wscale: syn.window_scale.unwrap_or(0),
-            mss: syn.mss.map_or(DEFAULT_MSS, usize::from).min(max),
+            mss: syn.mss.map_or(default_mss, usize::from).min(max),
             fin_sent: false,
             fin_acked: false,
             dup_acks: 0,
