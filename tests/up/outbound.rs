@@ -15,7 +15,8 @@ use tpr_e2e::{Cluster, Result};
 use crate::support::{ClientPod, ProjectDir, deploy_hello, free_port, local_hello};
 use crate::{ACTIVE, UP, text};
 
-const SERVERS: &str = r#"
+/// Deployment and Service `web` (hello answering "hello from web").
+pub const WEB: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -34,7 +35,10 @@ metadata: {name: web}
 spec:
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: http}]
----
+"#;
+
+/// The headless Service and StatefulSet `db`.
+const DB: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: db}
@@ -56,6 +60,13 @@ spec:
       containers:
         - {name: db, image: "hello:0.1.0", args: [serve], ports: [{name: http, containerPort: 8080}]}
 "#;
+
+/// The cluster's servers of these tests: [`WEB`] and [`DB`].
+async fn deploy_servers(c: &Cluster, ns: &str) -> Result<()> {
+    c.apply_yaml(WEB, Some(ns)).await?;
+    c.apply_yaml(DB, Some(ns)).await?;
+    Ok(())
+}
 
 const OTHER: &str = r#"
 apiVersion: apps/v1
@@ -184,7 +195,7 @@ pub async fn outbound(c: &Cluster, ns: &str) -> Result<()> {
 
 async fn cases(c: &Cluster, ns: &str, other_ns: &str) -> Result<()> {
     deploy_hello(c, ns).await?;
-    c.apply_yaml(SERVERS, Some(ns)).await?;
+    deploy_servers(c, ns).await?;
     c.apply_yaml(OTHER, Some(other_ns)).await?;
     c.wait_deployment(ns, "web", crate::support::READY).await?;
     c.wait_statefulset(ns, "db", crate::support::READY).await?;
@@ -451,7 +462,7 @@ fn intercept_project(ns: &str, workload: &str, extra: &str) -> ProjectDir {
 /// has reconnected to the new pod, new connections leave from it.
 pub async fn pod_deleted(c: &Cluster, ns: &str) -> Result<()> {
     deploy_hello(c, ns).await?;
-    c.apply_yaml(SERVERS, Some(ns)).await?;
+    deploy_servers(c, ns).await?;
     c.wait_deployment(ns, "web", crate::support::READY).await?;
     let project = std::sync::Arc::new(intercept_project(ns, "hello", ""));
     let mut up = project.up(&[]);
@@ -596,7 +607,7 @@ pub async fn to_pod(c: &Cluster, ns: &str) -> Result<()> {
 /// every answer is the cluster's, through the agent.
 pub async fn dns_records(c: &Cluster, ns: &str) -> Result<()> {
     deploy_hello(c, ns).await?;
-    c.apply_yaml(SERVERS, Some(ns)).await?;
+    deploy_servers(c, ns).await?;
     c.apply_yaml(
         &format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: ext}}\nspec: {{type: ExternalName, externalName: web.{ns}.svc.cluster.local}}\n"
@@ -698,7 +709,7 @@ while True:
 /// connection the pod's peer resets is reset for the process too.
 pub async fn slow_reader_and_refusals(c: &Cluster, ns: &str) -> Result<()> {
     deploy_hello(c, ns).await?;
-    c.apply_yaml(SERVERS, Some(ns)).await?;
+    deploy_servers(c, ns).await?;
     c.apply_yaml(NO_ENDPOINTS, Some(ns)).await?;
     c.wait_deployment(ns, "web", crate::support::READY).await?;
     let project = intercept_project(ns, "hello", "");
@@ -796,7 +807,7 @@ endpoints: [{{addresses: ["{dns_pod_ip}"]}}]
 /// gets the cluster's answer, datagram by datagram.
 pub async fn udp(c: &Cluster, ns: &str) -> Result<()> {
     deploy_hello(c, ns).await?;
-    c.apply_yaml(SERVERS, Some(ns)).await?;
+    deploy_servers(c, ns).await?;
     let dns_ip = pod_ip(c, "kube-system", "k8s-app=kube-dns").await?;
     c.apply_yaml(&udp_service(&dns_ip), Some(ns)).await?;
     c.wait_deployment(ns, "web", crate::support::READY).await?;

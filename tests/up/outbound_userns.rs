@@ -18,27 +18,6 @@ use crate::{ACTIVE, UP, text};
 /// The unprivileged user (nobody).
 const USER: u32 = 65534;
 
-const WEB: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-        - {name: web, image: "hello:0.1.0", args: [serve], env: [{name: HELLO_WHO, value: web}], ports: [{name: http, containerPort: 8080}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
-"#;
-
 /// /dev/net/tun open to every user while it lives, as udev makes it on
 /// most distributions (a user namespace's TUN device needs it). A machine
 /// whose devtmpfs left it 0600 gets its mode back after.
@@ -126,7 +105,7 @@ fn stdout(out: &std::process::Output) -> String {
 pub async fn unprivileged(c: &Cluster, ns: &str) -> Result<()> {
     let _tun = TunOpenToUsers::ensure();
     deploy_hello(c, ns).await?;
-    c.apply_yaml(WEB, Some(ns)).await?;
+    c.apply_yaml(super::outbound::WEB, Some(ns)).await?;
     c.wait_deployment(ns, "web", crate::support::READY).await?;
     let client = ClientPod::start(c, ns).await?;
 

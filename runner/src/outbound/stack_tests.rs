@@ -244,12 +244,8 @@ async fn closed_connections_leave_nothing_behind() {
     assert!(refused.is_err());
 }
 
-/// UDP other than DNS: datagrams to `host.tpr.internal` reach the host's
-/// localhost and the answers come back to the process, as from there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_datagrams_go_out_and_answers_come_back() {
-    let Some(space) = space() else { return };
-    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+/// Answers each datagram on `echo` with "echo " and it; returns its port.
+fn udp_echo(echo: tokio::net::UdpSocket) -> u16 {
     let port = echo.local_addr().unwrap().port();
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
@@ -259,6 +255,16 @@ async fn udp_datagrams_go_out_and_answers_come_back() {
             let _ = echo.send_to(&answer, from).await;
         }
     });
+    port
+}
+
+/// UDP other than DNS: datagrams to `host.tpr.internal` reach the host's
+/// localhost and the answers come back to the process, as from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_datagrams_go_out_and_answers_come_back() {
+    let Some(space) = space() else { return };
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = udp_echo(echo);
     let udp = space
         .netns
         .bind_udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
@@ -392,15 +398,7 @@ async fn udp_over_ipv6_reaches_the_hosts_loopback() {
             return;
         }
     };
-    let port = echo.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
-            let mut answer = b"echo ".to_vec();
-            answer.extend_from_slice(&buf[..n]);
-            let _ = echo.send_to(&answer, from).await;
-        }
-    });
+    let port = udp_echo(echo);
     let udp = space
         .netns
         .bind_udp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)))
